@@ -1,0 +1,130 @@
+"""The project file `loradex.yaml` as pydantic models: load, validate, write the starter file.
+
+Owns the schema and its error messages only; it does not touch the index or the models.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_NAME = "loradex.yaml"
+STATE_DIR = ".loradex"
+
+
+class ConfigError(ValueError):
+    """The project file is missing or invalid; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChunkingConfig(_Model):
+    max_tokens: int = Field(220, ge=16, le=2048, description="Upper bound of a chunk, in embedder tokens.")
+
+
+class RetrievalConfig(_Model):
+    k: int = Field(5, ge=1, le=1000, description="Hits returned by a search.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Which retrievers run.")
+    candidates: int = Field(50, ge=1, le=5000, description="Hits each retriever contributes before fusion.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: 1 / (rrf_k + rank).")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in the fusion.")
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
+
+
+class StoreConfig(_Model):
+    backend: str = Field("lancedb", description="Store backend; 'lancedb' is embedded and needs no server.")
+    uri: str | None = Field(None, description="Where the store lives; default .loradex/lancedb in the project.")
+
+
+class DomainConfig(_Model):
+    description: str = Field("", description="What questions this domain answers.")
+    paths: list[str] = Field(default_factory=list, description="Globs (relative to the project) of its documents.")
+    tags: list[str] = Field(default_factory=list, description="Tags given to every document of the domain.")
+    groups: list[str] = Field(default_factory=list, description="Access groups of every document of the domain.")
+
+
+class MetadataRule(_Model):
+    paths: list[str] = Field(..., description="Globs (relative to the project) the rule applies to.")
+    tags: list[str] = Field(default_factory=list, description="Tags added to matching documents.")
+    groups: list[str] = Field(default_factory=list, description="Access groups added to matching documents.")
+
+
+class ProjectConfig(_Model):
+    name: str = Field("loradex-project", description="Project name, shown in outputs.")
+    embedder: str = Field("all-minilm-l6-v2", description="Embedder name or local model folder.")
+    sources: list[str] = Field(default_factory=lambda: ["docs"],
+                               description="Folders or files `loradex ingest` reads when given no path.")
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    domains: dict[str, DomainConfig] = Field(default_factory=dict, description="Domains by name.")
+    metadata: list[MetadataRule] = Field(default_factory=list, description="Extra tags and groups by path glob.")
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid project file"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> ProjectConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: create a project with `loradex init {path.parent}`")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from None
+
+
+STARTER = """\
+# loradex project file. Every field is optional; the values shown are the defaults.
+name: {name}
+
+# Embedder: 'all-minilm-l6-v2' (packaged, offline), 'hashing' (tests), or a local Hugging Face folder.
+embedder: all-minilm-l6-v2
+
+# What `loradex ingest` reads when given no path (folders are walked; .md .txt .html .pdf .docx).
+sources: [docs]
+
+chunking:
+  max_tokens: 220          # chunk upper bound in embedder tokens; tables and list items are never cut
+
+retrieval:
+  k: 5                     # hits returned
+  mode: hybrid             # hybrid | dense | bm25
+  candidates: 50           # hits each retriever contributes before fusion
+  rrf_k: 60                # reciprocal rank fusion: weight / (rrf_k + rank)
+  dense_weight: 1.0
+  bm25_weight: 1.0
+
+store:
+  backend: lancedb         # embedded, no server
+
+# Domains: each document belongs to the first domain whose paths match it.
+domains: {{}}
+#  claims:
+#    description: Reporting and settling claims
+#    paths: ["docs/claims/**"]
+#    groups: []            # access groups; empty = everyone
+
+# Extra tags and access groups by path glob.
+metadata: []
+#  - paths: ["docs/**/*motor*"]
+#    tags: [motor]
+"""
+
+
+def starter_text(name: str) -> str:
+    return STARTER.format(name=name)

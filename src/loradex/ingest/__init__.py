@@ -1,0 +1,1 @@
+"""Files -> parsed blocks -> token-bounded chunks -> the store, incrementally and versioned."""

@@ -1,0 +1,102 @@
+"""Structure-aware chunking: blocks -> token-bounded spans of the document text.
+
+Rules: a heading starts a new chunk (the chunk begins with its heading); blocks are packed whole
+while the token bound holds; a chunk does not cross a page. A table or list item is never cut;
+only a single block that alone exceeds the bound is split, a table between rows, prose between
+sentences (and a sentence longer than the bound between words). Every chunk is a contiguous span:
+`chunk.text == document.text[start:end]`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from ..types import Block, ParsedDocument
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    heading_path: tuple[str, ...]
+    page: int | None
+
+
+def _pieces(text: str, start: int, end: int, kind: str) -> list[tuple[int, int]]:
+    """Split points of one oversized block: table rows, sentences, or words."""
+    body = text[start:end]
+    if kind == "table":
+        pattern = re.compile(r"\n")
+    else:
+        pattern = _SENTENCE_END
+    cuts, pos = [], 0
+    for m in pattern.finditer(body):
+        cuts.append((start + pos, start + m.start()))
+        pos = m.end()
+    cuts.append((start + pos, end))
+    return [(s, e) for s, e in cuts if e > s]
+
+
+def _words(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    return [(start + m.start(), start + m.end()) for m in re.finditer(r"\S+", text[start:end])]
+
+
+def _split_block(text: str, block: Block, count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
+    """An oversized block -> consecutive spans each within `limit` tokens."""
+    out: list[tuple[int, int]] = []
+    for s, e in _pieces(text, block.start, block.end, block.kind):
+        if count(text[s:e]) <= limit:
+            out.append((s, e))
+        else:
+            out.extend(_pack(text, _words(text, s, e), count, limit))
+    return _pack(text, out, count, limit)
+
+
+def _pack(text: str, spans: list[tuple[int, int]], count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
+    """Greedily merge consecutive spans while the merged text stays within `limit` tokens."""
+    out: list[tuple[int, int]] = []
+    cur: tuple[int, int] | None = None
+    cur_tokens = 0
+    for s, e in spans:
+        n = count(text[s:e])
+        if cur is not None and cur_tokens + n <= limit:
+            cur, cur_tokens = (cur[0], e), cur_tokens + n
+        else:
+            if cur is not None:
+                out.append(cur)
+            cur, cur_tokens = (s, e), n
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+def chunk_document(doc: ParsedDocument, count: Callable[[str], int], max_tokens: int) -> list[Span]:
+    spans: list[Span] = []
+    group: list[Block] = []
+    tokens = 0
+
+    def flush() -> None:
+        nonlocal group, tokens
+        if group:
+            first = group[0]
+            spans.append(Span(first.start, group[-1].end, first.heading_path, first.page))
+        group, tokens = [], 0
+
+    for block in doc.blocks:
+        n = count(doc.text[block.start : block.end])
+        if block.kind == "heading" or (group and block.page != group[0].page):
+            flush()
+        if n > max_tokens:
+            flush()
+            for s, e in _split_block(doc.text, block, count, max_tokens):
+                spans.append(Span(s, e, block.heading_path, block.page))
+            continue
+        if group and tokens + n > max_tokens:
+            flush()
+        group.append(block)
+        tokens += n
+    flush()
+    return spans

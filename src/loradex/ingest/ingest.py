@@ -1,0 +1,194 @@
+"""Incremental, versioned ingestion of a project's files.
+
+A document's version is the SHA-256 of its bytes. An unchanged file (same hash, same metadata)
+costs a read and a hash; a changed one is parsed, chunked, embedded and swapped in with one store
+commit per batch, after which the manifest is rewritten atomically. A crash between the two only
+makes the next run redo that batch. A file that cannot be read is reported and skipped; whatever
+was indexed for it before stays. `prune` removes documents whose files are gone.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ..embed import Embedder
+from ..store import Store
+from ..types import Chunk, DocMeta, ParsedDocument, Source
+from .chunk import chunk_document
+from .parse import ParseError, detect_format, parse_bytes
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PendingDoc:
+    """A parsed document ready to be chunked and indexed."""
+
+    doc_id: str
+    path: str
+    version: str
+    mtime: float
+    meta: DocMeta
+    parsed: ParsedDocument
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
+                "removed": self.removed, "chunks": self.chunks, "seconds": round(self.seconds, 3),
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+
+def make_chunks(doc: PendingDoc, embedder: Embedder, max_tokens: int) -> list[Chunk]:
+    key = hashlib.sha256(f"{doc.doc_id}\0{doc.version}".encode()).hexdigest()[:16]
+    return [
+        Chunk(f"{key}-{i}", doc.doc_id, i, doc.parsed.text[s.start : s.end],
+              Source(doc.path, s.page, s.heading_path, s.start, s.end), doc.version, doc.mtime, doc.meta)
+        for i, s in enumerate(chunk_document(doc.parsed, embedder.count_tokens, max_tokens))
+    ]
+
+
+def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc], max_tokens: int,
+                    *, batch_chunks: int = 256, on_commit: Callable[[list[PendingDoc], list[Chunk]], None] | None = None,
+                    progress: Progress | None = None, total: int = 0) -> int:
+    """Chunk, embed and store documents in batches; each batch is one atomic store commit."""
+    batch: list[PendingDoc] = []
+    chunks: list[Chunk] = []
+    done = stored = 0
+
+    def commit() -> None:
+        nonlocal batch, chunks, done, stored
+        if not batch:
+            return
+        vectors = embedder.embed([c.search_text() for c in chunks])
+        store.replace([d.doc_id for d in batch], chunks, vectors)
+        if on_commit:
+            on_commit(batch, chunks)
+        done += len(batch)
+        stored += len(chunks)
+        if progress:
+            progress(done, total)
+        batch, chunks = [], []
+
+    for doc in docs:
+        batch.append(doc)
+        chunks.extend(make_chunks(doc, embedder, max_tokens))
+        if len(chunks) >= batch_chunks:
+            commit()
+    commit()
+    return stored
+
+
+def walk(roots: Sequence[Path], skipped: list[tuple[str, str]]) -> list[Path]:
+    """Supported files under the roots (hidden folders skipped); a named file of another kind is reported."""
+    files: list[Path] = []
+    for root in roots:
+        if root.is_file():
+            if detect_format(root) is None:
+                skipped.append((str(root), f"unsupported format {root.suffix or '(none)'}: use .md .txt .html .pdf .docx"))
+            else:
+                files.append(root)
+        elif root.is_dir():
+            for p in sorted(root.rglob("*")):
+                rel = p.relative_to(root).parts
+                if any(part.startswith(".") for part in rel) or not p.is_file():
+                    continue
+                if detect_format(p) is not None:
+                    files.append(p)
+        else:
+            skipped.append((str(root), "no such file or folder"))
+    return list(dict.fromkeys(files))
+
+
+def ingest(project, paths: Sequence[str | Path] | None = None, *, prune: bool = False, rebuild: bool = False,
+           progress: Progress | None = None) -> IngestReport:
+    """Bring the index up to date with the files under `paths` (default: the config's `sources`)."""
+    t0 = time.perf_counter()
+    report = IngestReport()
+    roots = [Path(p) if Path(p).is_absolute() else project.root / p for p in (paths or project.config.sources)]
+    with project.lock():
+        if rebuild:
+            project.reset_index()
+        manifest = project.load_manifest()
+        name = project.config.embedder
+        if manifest.get("embedder") not in (None, name):
+            raise ValueError(f"the index was built with embedder {manifest['embedder']!r}, the config names "
+                             f"{name!r}: run `loradex ingest --rebuild`")
+        manifest["embedder"] = name
+        known = manifest.setdefault("documents", {})
+        files = walk(roots, report.skipped)
+        pending = list(_changed(project, files, known, report))
+
+        def on_commit(batch: list[PendingDoc], chunks: list[Chunk]) -> None:
+            counts = Counter(c.doc_id for c in chunks)
+            for d in batch:
+                (report.updated if d.doc_id in known else report.added).append(d.doc_id)
+                known[d.doc_id] = {"path": d.path, "version": d.version, "mtime": d.mtime,
+                                   "format": d.parsed.format, "pages": d.parsed.pages,
+                                   "chunks": counts[d.doc_id],
+                                   "domain": d.meta.domain, "tags": list(d.meta.tags),
+                                   "groups": list(d.meta.groups), "ingested_at": time.time()}
+            project.save_manifest(manifest)
+
+        if pending:  # the embedder (a model load) is needed only when something changed
+            report.chunks = index_documents(project.store, project.embedder, pending,
+                                            project.config.chunking.max_tokens,
+                                            on_commit=on_commit, progress=progress, total=len(pending))
+        if prune:
+            _prune(project, roots, files, manifest, report)
+        if report.added or report.updated or report.removed:
+            project.store.finish()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _changed(project, files: list[Path], known: dict, report: IngestReport) -> Iterable[PendingDoc]:
+    for f in files:
+        doc_id = project.doc_id(f)
+        try:
+            data = f.read_bytes()
+            mtime = f.stat().st_mtime
+        except OSError as e:
+            report.skipped.append((doc_id, f"cannot read: {e.strerror or e}"))
+            continue
+        version = hashlib.sha256(data).hexdigest()[:16]
+        meta = project.meta_for(doc_id)
+        old = known.get(doc_id)
+        if old and old["version"] == version and old.get("domain") == meta.domain \
+                and old.get("tags") == list(meta.tags) and old.get("groups") == list(meta.groups):
+            report.unchanged.append(doc_id)
+            continue
+        try:
+            parsed = parse_bytes(data, detect_format(f))
+        except ParseError as e:
+            report.skipped.append((doc_id, str(e)))
+            continue
+        yield PendingDoc(doc_id, doc_id, version, mtime, meta, parsed)
+
+
+def _prune(project, roots: list[Path], files: list[Path], manifest: dict, report: IngestReport) -> None:
+    present = {project.doc_id(f) for f in files}
+    scopes = [project.doc_id(r) for r in roots]
+    gone = [d for d in manifest["documents"]
+            if d not in present and any(d == s or d.startswith(s.rstrip("/") + "/") for s in scopes)
+            and not (project.root / d).exists()]
+    if gone:
+        project.store.delete(gone)
+        for d in gone:
+            del manifest["documents"][d]
+        project.save_manifest(manifest)
+        report.removed.extend(gone)
+

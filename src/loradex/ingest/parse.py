@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -179,6 +180,34 @@ def _parse_html(data: bytes) -> ParsedDocument:
     return j.done("html")
 
 
+def _short_title(line: str) -> bool:
+    s = line.strip()
+    return 0 < len(s) <= 70 and len(s.split()) <= 10 and s[-1] not in ".,;:!?)" and not _LIST_START.match(s)
+
+
+_LIST_START = re.compile(r"^(?:[-*\u2022]|\d{1,3}[.)])\s+")
+
+
+def pdf_paragraphs(text: str) -> str:
+    """PDF text comes as wrapped lines with no blank lines: put a blank line where a paragraph,
+    a list item or a heading begins, so the block scanner sees the page's structure."""
+    out: list[str] = []
+    prev = ""
+    for line in (ln.rstrip() for ln in text.splitlines()):
+        if not line.strip():
+            continue
+        if out:
+            ended = prev.rstrip()[-1:] in ".!?:"
+            starts = line.lstrip()[:1]
+            if (_short_title(prev) and ended is False and not prev.rstrip().endswith(",")) \
+                    or _LIST_START.match(line.lstrip()) \
+                    or (ended and (starts.isupper() or starts.isdigit())):
+                out.append("")
+        out.append(line)
+        prev = line
+    return "\n".join(out)
+
+
 def _parse_pdf(data: bytes) -> ParsedDocument:
     try:
         from pypdf import PdfReader
@@ -193,7 +222,7 @@ def _parse_pdf(data: bytes) -> ParsedDocument:
             raise ParseError("encrypted PDF: remove the password and ingest again")
         j = _Joiner()
         for n, page in enumerate(reader.pages, start=1):
-            j.add_scanned(page.extract_text() or "", page=n)
+            j.add_scanned(pdf_paragraphs(page.extract_text() or ""), page=n)
         return j.done("pdf", pages=len(reader.pages))
     except ParseError:
         raise

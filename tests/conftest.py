@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_project(root: Path, files: dict[str, str | bytes], config: str = "") -> Path:
+    """A project using the weightless hashing embedder, with the given files under it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "loradex.yaml").write_text("embedder: hashing\nsources: [docs]\n" + textwrap.dedent(config))
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(textwrap.dedent(content), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def project_dir(tmp_path):
+    def make(files: dict[str, str | bytes], config: str = "") -> Path:
+        return write_project(tmp_path / "proj", files, config)
+    return make

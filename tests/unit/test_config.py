@@ -1,0 +1,61 @@
+import pytest
+
+from loradex.config import ConfigError, ProjectConfig, load_config
+from loradex.project import init_project, open_project
+
+
+def test_starter_file_loads_with_defaults(tmp_path):
+    path = init_project(tmp_path / "p", "demo")
+    cfg = load_config(path)
+    assert cfg == ProjectConfig(name="demo")
+    assert (tmp_path / "p" / "docs").is_dir()
+    with pytest.raises(ConfigError, match="already exists"):
+        init_project(tmp_path / "p")
+
+
+def test_unknown_field_names_field_and_file(tmp_path):
+    path = tmp_path / "loradex.yaml"
+    path.write_text("retrieval:\n  kk: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "retrieval.kk" in str(e.value)
+
+
+def test_wrong_type_names_nested_field(tmp_path):
+    path = tmp_path / "loradex.yaml"
+    path.write_text("domains:\n  claims:\n    paths: 7\n")
+    with pytest.raises(ConfigError, match=r"domains\.claims\.paths"):
+        load_config(path)
+
+
+def test_out_of_range_and_bad_yaml(tmp_path):
+    path = tmp_path / "loradex.yaml"
+    path.write_text("chunking:\n  max_tokens: 3\n")
+    with pytest.raises(ConfigError, match="chunking.max_tokens"):
+        load_config(path)
+    path.write_text("a: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_missing_project_says_how_to_create_one(tmp_path):
+    with pytest.raises(ConfigError, match="loradex init"):
+        open_project(tmp_path)
+
+
+def test_metadata_by_globs(project_dir):
+    root = project_dir({}, """
+        domains:
+          claims: {paths: ["docs/claims/**"], groups: [staff]}
+          billing: {paths: ["docs/billing/**"]}
+        metadata:
+          - {paths: ["docs/**/*motor*"], tags: [motor]}
+          - {paths: ["docs/claims/*"], tags: [claims-desk], groups: [staff, audit]}
+    """)
+    proj = open_project(root)
+    meta = proj.meta_for("docs/claims/motor-accident.md")
+    assert meta.domain == "claims"
+    assert meta.tags == ("motor", "claims-desk")
+    assert meta.groups == ("staff", "audit")
+    assert proj.meta_for("docs/billing/fees.md").domain == "billing"
+    assert proj.meta_for("docs/other.md").domain is None

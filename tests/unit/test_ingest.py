@@ -1,0 +1,169 @@
+import threading
+
+import pytest
+
+from loradex.embed import HashingEmbedder
+from loradex.ingest.ingest import ingest
+from loradex.project import open_project
+from loradex.retrieve import search
+from loradex.types import Filters
+
+from .docfactory import make_docx, make_pdf
+
+DOCS = {
+    "docs/claims/report.md": "# Reporting\n\nReport a burst pipe within 30 days.\n",
+    "docs/claims/theft.txt": "Theft\n\nCall the police within 24 hours.\n",
+    "docs/policy/motor.html": "<h1>Motor</h1><p>Comprehensive cover has an excess of EUR 300.</p>",
+    "docs/billing/guide.pdf": make_pdf([["Payment guide", "Monthly premiums are collected by direct debit."]]),
+    "docs/billing/methods.docx": make_docx(),
+}
+CONFIG = """
+domains:
+  claims: {paths: ["docs/claims/**"]}
+  policy: {paths: ["docs/policy/**"]}
+  billing: {paths: ["docs/billing/**"], groups: [finance]}
+"""
+
+
+class CountingEmbedder(HashingEmbedder):
+    def __init__(self):
+        super().__init__()
+        self.texts = 0
+
+    def embed(self, texts):
+        self.texts += len(texts)
+        return super().embed(texts)
+
+
+def _open(root):
+    return open_project(root, embedder=CountingEmbedder())
+
+
+def _hits(proj, query, **kw):
+    return search(proj.store, proj.embedder, query, proj.config.retrieval, **kw)
+
+
+def test_every_format_is_ingested_with_its_source(project_dir):
+    proj = _open(project_dir(DOCS, CONFIG))
+    report = ingest(proj)
+    assert sorted(report.added) == sorted(DOCS) and not report.skipped
+    hit = _hits(proj, "direct debit monthly premiums", k=1)[0]
+    assert hit.chunk.doc_id == "docs/billing/guide.pdf"
+    assert hit.chunk.source.page == 1
+    assert hit.chunk.meta.domain == "billing" and hit.chunk.meta.groups == ("finance",)
+    manifest = proj.load_manifest()["documents"]
+    assert manifest["docs/billing/methods.docx"]["format"] == "docx"
+    assert hit.chunk.doc_version == manifest["docs/billing/guide.pdf"]["version"]
+
+
+def test_reingest_of_unchanged_files_does_no_work(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    proj = _open(root)
+    ingest(proj)
+    count = proj.store.count()
+    proj2 = _open(root)
+    report = ingest(proj2)
+    assert sorted(report.unchanged) == sorted(DOCS)
+    assert report.added == report.updated == [] and report.chunks == 0
+    assert proj2.embedder.texts == 0
+    assert proj2.store.count() == count
+
+
+def test_changed_file_replaces_its_chunks_and_version(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    proj = _open(root)
+    ingest(proj)
+    old = proj.load_manifest()["documents"]["docs/claims/report.md"]["version"]
+    (root / "docs/claims/report.md").write_text("# Reporting\n\nReport water damage within 14 days now.\n")
+    report = ingest(proj)
+    assert report.updated == ["docs/claims/report.md"] and len(report.unchanged) == len(DOCS) - 1
+    chunks = proj.store.chunks("docs/claims/report.md")
+    assert all("14 days" in c.text or c.text.startswith("#") for c in chunks)
+    assert {c.doc_version for c in chunks} == {proj.load_manifest()["documents"]["docs/claims/report.md"]["version"]}
+    assert old != chunks[0].doc_version
+    assert not any("burst pipe" in h.chunk.text for h in _hits(proj, "burst pipe", k=10))
+
+
+def test_prune_removes_only_vanished_files(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    proj = _open(root)
+    ingest(proj)
+    (root / "docs/claims/theft.txt").unlink()
+    assert ingest(proj).removed == []  # without --prune nothing is removed
+    assert proj.store.chunks("docs/claims/theft.txt")
+    report = ingest(proj, prune=True)
+    assert report.removed == ["docs/claims/theft.txt"]
+    assert proj.store.chunks("docs/claims/theft.txt") == []
+    assert "docs/claims/theft.txt" not in proj.load_manifest()["documents"]
+
+
+def test_bad_files_are_reported_skipped_and_lose_nothing(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    proj = _open(root)
+    ingest(proj)
+    before = proj.store.chunks("docs/billing/guide.pdf")
+    # a good file turns corrupt, and new bad files appear beside a new good one
+    (root / "docs/billing/guide.pdf").write_bytes(make_pdf([["x"]])[:200])
+    (root / "docs/bad/empty.md").parent.mkdir(parents=True)
+    (root / "docs/bad/empty.md").write_bytes(b"")
+    (root / "docs/bad/binary.txt").write_bytes(b"\x00\x01\x02\x03")
+    (root / "docs/bad/latin1.md").write_bytes("caf\xe9".encode("latin-1"))
+    (root / "docs/bad/broken.docx").write_bytes(b"PK\x03\x04junk")
+    (root / "docs/new.md").write_text("# New\n\nA new good document.\n")
+    report = ingest(proj)
+    reasons = dict(report.skipped)
+    assert set(reasons) == {"docs/billing/guide.pdf", "docs/bad/empty.md", "docs/bad/binary.txt",
+                            "docs/bad/latin1.md", "docs/bad/broken.docx"}
+    assert "PDF" in reasons["docs/billing/guide.pdf"] and "empty" in reasons["docs/bad/empty.md"]
+    assert report.added == ["docs/new.md"]
+    assert proj.store.chunks("docs/billing/guide.pdf") == before  # the last good version still serves
+
+
+def test_metadata_change_reindexes_without_content_change(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    proj = _open(root)
+    ingest(proj)
+    (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text() + "metadata:\n  - {paths: ['docs/claims/*'], tags: [urgent]}\n")
+    proj = _open(root)
+    report = ingest(proj)
+    assert sorted(report.updated) == ["docs/claims/report.md", "docs/claims/theft.txt"]
+    hits = _hits(proj, "police report", k=10, filters=Filters(tags=("urgent",)))
+    assert {h.chunk.doc_id for h in hits} == {"docs/claims/report.md", "docs/claims/theft.txt"}
+
+
+def test_embedder_change_requires_rebuild(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    ingest(_open(root))
+    (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text().replace("hashing", "hashing-64"))
+    proj = open_project(root)
+    with pytest.raises(ValueError, match="--rebuild"):
+        ingest(proj)
+    report = ingest(open_project(root), rebuild=True)
+    assert len(report.added) == len(DOCS)
+
+
+def test_replacement_is_atomic_for_concurrent_readers(project_dir):
+    long_doc = "# Doc\n\n" + "\n\n".join(f"Paragraph {i} about version VERSION." for i in range(40))
+    root = project_dir({"docs/a.md": long_doc.replace("VERSION", "v0")}, "chunking: {max_tokens: 16}\n")
+    proj = _open(root)
+    ingest(proj)
+    stop, seen, errors = threading.Event(), [], []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                chunks = proj.store.chunks("docs/a.md")
+                seen.append({c.doc_version for c in chunks})
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for v in range(1, 8):
+        (root / "docs/a.md").write_text(long_doc.replace("VERSION", f"v{v}"))
+        ingest(proj)
+    stop.set()
+    t.join()
+    assert not errors
+    assert len(seen) > 5
+    assert all(len(versions) == 1 for versions in seen), "a reader saw chunks of two versions at once"

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from loradex.config import RetrievalConfig
+from loradex.embed import HashingEmbedder
+from loradex.retrieve import Ranked, fuse, search
+from loradex.store import StoreError, open_store
+from loradex.store.lancedb import where_clause
+from loradex.types import Chunk, DocMeta, Filters, Source
+
+EMB = HashingEmbedder()
+
+
+def _chunk(doc_id, text, domain=None, tags=(), groups=(), i=0):
+    return Chunk(f"{doc_id}-{i}", doc_id, i, text, Source(doc_id, None, (), 0, len(text)), "v1", 0.0,
+                 DocMeta(domain, tuple(tags), tuple(groups)))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store("lancedb", tmp_path / "db", EMB.dim)
+    chunks = [
+        _chunk("claims.md", "report a burst pipe within thirty days", "claims", ["home"]),
+        _chunk("theft.md", "report theft to the police within 24 hours", "claims", ["home", "motor"]),
+        _chunk("fees.md", "a returned payment costs fifteen euro", "billing", [], ["finance"]),
+        _chunk("secret.md", "the staff bonus pool is secret payment data", "billing", [], ["hr"]),
+    ]
+    for c in chunks:
+        s.replace([c.doc_id], [c], EMB.embed([c.search_text()]))
+    s.finish()
+    return s
+
+
+def _ids(hits):
+    return [h.chunk.doc_id for h in hits]
+
+
+def test_dense_bm25_and_hybrid_find_the_matching_passage(store):
+    cfg = RetrievalConfig()
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = search(store, EMB, "police theft", cfg, k=2, mode=mode)
+        assert _ids(hits)[0] == "theft.md", mode
+    hit = search(store, EMB, "police theft", cfg, k=1)[0]
+    assert hit.dense_rank == 1 and hit.bm25_rank == 1 and hit.bm25_score > 0 and 0 < hit.dense_score <= 1
+
+
+def test_filters_domain_tags_groups(store):
+    cfg = RetrievalConfig()
+    assert set(_ids(search(store, EMB, "report payment", cfg, k=10, filters=Filters(domain="billing")))) == \
+        {"fees.md", "secret.md"}
+    assert _ids(search(store, EMB, "report", cfg, k=10, filters=Filters(tags=("motor",)))) == ["theft.md"]
+    # a caller in 'finance' sees public documents and finance ones, never the hr secret
+    seen = _ids(search(store, EMB, "payment secret data", cfg, k=10, filters=Filters(groups=("finance",))))
+    assert "fees.md" in seen and "claims.md" in seen and "secret.md" not in seen
+    seen = _ids(search(store, EMB, "payment secret data", cfg, k=10, filters=Filters(groups=())))
+    assert "fees.md" not in seen and "secret.md" not in seen
+
+
+def test_filter_values_are_quoted_not_injected():
+    clause = where_clause(Filters(domain="x' OR '1'='1", tags=("a'b",)))
+    assert clause == "domain = 'x'' OR ''1''=''1' AND array_has_any(tags, ['a''b'])"
+
+
+def test_rrf_fusion_weights_and_ties():
+    a, b, c = (_chunk(n, n) for n in "abc")
+    dense = {"a-0": Ranked(a, 0.9, 1), "b-0": Ranked(b, 0.8, 2)}
+    bm25 = {"b-0": Ranked(b, 7.0, 1), "c-0": Ranked(c, 5.0, 2)}
+    hits = fuse(dense, bm25, RetrievalConfig(rrf_k=60))
+    assert _ids(hits)[0] == "b"  # in both lists
+    assert hits[0].score == pytest.approx(1 / 62 + 1 / 61)
+    hits = fuse(dense, bm25, RetrievalConfig(rrf_k=60, dense_weight=0.0))
+    assert _ids(hits)[:2] == ["b", "c"]
+
+
+def test_bad_queries_and_backends(store):
+    with pytest.raises(ValueError, match="empty query"):
+        search(store, EMB, "  ", RetrievalConfig())
+    with pytest.raises(ValueError, match="unknown retrieval mode"):
+        search(store, EMB, "x", RetrievalConfig(), mode="magic")
+    with pytest.raises(StoreError, match="unknown store backend"):
+        open_store("nope", "/tmp/x", 4)
+    assert search(store, EMB, "zzzz qqqq", RetrievalConfig(), mode="bm25") == []
+
+
+def test_store_rejects_dimension_change(tmp_path):
+    s = open_store("lancedb", tmp_path / "db", 8)
+    s.replace(["d"], [_chunk("d", "text")], np.ones((1, 8), dtype=np.float32) / np.sqrt(8))
+    with pytest.raises(ValueError, match="--rebuild"):
+        open_store("lancedb", tmp_path / "db", 16)

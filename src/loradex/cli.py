@@ -27,8 +27,9 @@ app = typer.Typer(help="loradex: cited answers from your documents, domain adapt
 docs_app = typer.Typer(help="Inspect and remove indexed documents.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
 
-out = Console()
-err = Console(stderr=True)
+# A pipe or a log gets wide lines instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ProjectOpt = typer.Option(Path("."), "--project", "-p", help="Project folder (holds loradex.yaml).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")

@@ -120,6 +120,47 @@ def search(query: str = typer.Argument(..., help="What to look for."),
         out.print(f"   {text[:300]}{'...' if len(text) > 300 else ''}", highlight=False)
 
 
+@app.command()
+def ask(question: str = typer.Argument(..., help="The question."),
+        domain: Optional[str] = typer.Option(None, help="Only documents of this domain."),
+        k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages given as sources (default: answer.k)."),
+        stream: bool = typer.Option(False, "--stream", help="Print the answer as it is generated."),
+        project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Answer from the indexed documents with numbered citations, each checked against its passage."""
+    from .pipeline import answer as run_answer
+
+    proj = _open(project)
+    if domain is not None and domain not in proj.config.domains:
+        _fail(ValueError(f"unknown domain {domain!r}; the project has: {', '.join(proj.config.domains) or 'none'}"))
+    on_token = (lambda piece: out.print(piece, end="", highlight=False, markup=False)) if stream and not as_json else None
+    try:
+        result = run_answer(proj, question, k=k, domain=domain, on_token=on_token)
+    except _KNOWN_ERRORS as e:
+        _fail(e)
+    if as_json:
+        _emit(result.to_dict())
+        return
+    out.print() if on_token else out.print(result.answer, highlight=False, markup=False)
+    _print_sources(result)
+
+
+def _print_sources(result) -> None:
+    marks = {c["n"]: ("[green]verified[/]" if c["verified"] else "[red]not supported[/]") for c in result.citations}
+    if result.abstained:
+        out.print("[yellow](abstained: no passage was close enough to the question)[/]")
+    for f in result.flagged:
+        better = f" (source {', '.join(map(str, f['supported_by']))} would support it)" if f["supported_by"] else ""
+        out.print(f"[red]unsupported:[/] {f['sentence']}{better}", highlight=False)
+    out.print("\n[bold]Sources[/]")
+    for s in result.sources:
+        where = ", ".join(x for x in (s["file"], f"p. {s['page']}" if s["page"] else "",
+                                      " > ".join(s["heading_path"])) if x)
+        out.print(f"[{s['n']}] {where} {marks.get(s['n'], '[dim]not cited[/]')}", highlight=False)
+        out.print(f"    [dim]{s['quote']}[/]", highlight=False)
+    t = result.timings_ms
+    out.print(f"[dim]retrieve {t['retrieve']:.0f} ms, generate {t['generate']:.0f} ms, verify {t['verify']:.0f} ms[/]")
+
+
 @docs_app.command("list")
 def docs_list(project: Path = ProjectOpt, as_json: bool = JsonOpt):
     """Indexed documents with version, domain and chunk count."""

@@ -35,6 +35,15 @@ class RetrievalConfig(_Model):
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
 
 
+class AnswerConfig(_Model):
+    k: int = Field(4, ge=1, le=20, description="Passages put in the prompt as numbered sources.")
+    max_new_tokens: int = Field(160, ge=1, le=4096, description="Token budget of an answer.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy decoding.")
+    min_dense_score: float = Field(0.3, ge=-1, le=1, description=(
+        "Abstain (say the documents do not cover it) when no retrieved passage has a cosine similarity "
+        "to the question of at least this."))
+
+
 class StoreConfig(_Model):
     backend: str = Field("lancedb", description="Store backend; 'lancedb' is embedded and needs no server.")
     uri: str | None = Field(None, description="Where the store lives; default .loradex/lancedb in the project.")
@@ -56,10 +65,13 @@ class MetadataRule(_Model):
 class ProjectConfig(_Model):
     name: str = Field("loradex-project", description="Project name, shown in outputs.")
     embedder: str = Field("all-minilm-l6-v2", description="Embedder name or local model folder.")
+    model: str = Field("smollm2-135m", description="Base model: a packaged name, a local HF folder or a .gguf file.")
+    engine: Literal["local", "echo"] = Field("local", description="'local' runs the model here; 'echo' is a test fake.")
     sources: list[str] = Field(default_factory=lambda: ["docs"],
                                description="Folders or files `loradex ingest` reads when given no path.")
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     domains: dict[str, DomainConfig] = Field(default_factory=dict, description="Domains by name.")
     metadata: list[MetadataRule] = Field(default_factory=list, description="Extra tags and groups by path glob.")
@@ -95,6 +107,9 @@ name: {name}
 # Embedder: 'all-minilm-l6-v2' (packaged, offline), 'hashing' (tests), or a local Hugging Face folder.
 embedder: all-minilm-l6-v2
 
+# Base model: 'smollm2-135m' (packaged, offline), a local Hugging Face folder, or a .gguf file.
+model: smollm2-135m
+
 # What `loradex ingest` reads when given no path (folders are walked; .md .txt .html .pdf .docx).
 sources: [docs]
 
@@ -108,6 +123,12 @@ retrieval:
   rrf_k: 60                # reciprocal rank fusion: weight / (rrf_k + rank)
   dense_weight: 1.0
   bm25_weight: 1.0
+
+answer:
+  k: 4                     # passages given to the model as numbered sources
+  max_new_tokens: 160
+  temperature: 0.0         # greedy
+  min_dense_score: 0.3     # abstain when no passage is at least this similar to the question
 
 store:
   backend: lancedb         # embedded, no server

@@ -54,6 +54,18 @@ class Project:
         return self._embedder or load_embedder(self.config.embedder, self.root)
 
     @cached_property
+    def engine(self):
+        """The configured generation engine (loads the base model on first use)."""
+        if self.config.engine == "echo":
+            from .engine.echo import EchoEngine
+
+            return EchoEngine()
+        from .engine.local import LocalEngine
+        from .models import resolve_model
+
+        return LocalEngine(resolve_model(self.config.model, self.root))
+
+    @cached_property
     def store(self) -> Store:
         return open_store(self.config.store.backend, self.store_uri, self.embedder.dim)
 

@@ -1,0 +1,143 @@
+"""Citation parsing and verification: does each cited passage support the sentence that cites it?
+
+A citation `[n]` is kept only if source n exists; it is *verified* when the cited passage supports the
+sentence: every number in the sentence appears in the passage, and either a run of words is quoted
+from it or most of the sentence's content words occur in it. A cited sentence no cited passage
+supports is flagged, with the other sources that would support it, if any. Lexical checks only: this
+module does no entailment and says so in each reason.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+CITATION = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)(?:\s*\[\d{1,3}(?:\s*,\s*\d{1,3})*\])*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[a-z0-9]+")
+STOP = frozenset("""a an and are as at be been but by can could did do does for from had has have how i if in
+into is it its may might must no not of on or our should so such than that the their them then there these
+they this to was we were what when where which while who will with within would you your yes also any all
+each per""".split())
+MIN_QUOTE_WORDS = 6
+MIN_OVERLAP = 0.6
+
+
+@dataclass(frozen=True)
+class Support:
+    ok: bool
+    reason: str
+    quote: str = ""
+
+
+@dataclass(frozen=True)
+class CitationCheck:
+    n: int
+    sentence: str
+    verified: bool
+    reason: str
+    quote: str
+
+
+@dataclass
+class Verification:
+    text: str  # the answer with citations to missing sources removed
+    checks: list[CitationCheck] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)  # cited numbers with no such source
+    flagged: list[dict] = field(default_factory=list)  # cited sentences no cited passage supports
+
+    @property
+    def cited(self) -> list[int]:
+        return list(dict.fromkeys(c.n for c in self.checks))
+
+
+def parse_citations(text: str) -> list[int]:
+    """Cited source numbers in order of first appearance; `[1, 2]` and `[1][2]` both count."""
+    nums = [int(n) for m in CITATION.finditer(text) for n in m.group(1).split(",")]
+    return list(dict.fromkeys(nums))
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str) -> list[str]:
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP and not w.isdigit()]
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
+def _longest_run(claim: list[str], passage: list[str]) -> tuple[int, int]:
+    """Length and passage end index of the longest common run of words (dynamic programming)."""
+    best, end = 0, 0
+    prev = [0] * (len(passage) + 1)
+    for a in claim:
+        cur = [0] * (len(passage) + 1)
+        for j, b in enumerate(passage, start=1):
+            if a == b:
+                cur[j] = prev[j - 1] + 1
+                if cur[j] > best:
+                    best, end = cur[j], j
+        prev = cur
+    return best, end
+
+
+def _best_sentence(claim_words: set[str], passage: str) -> str:
+    scored = [(len(claim_words & set(content_words(s))), s) for s in sentences(passage)]
+    return max(scored, default=(0, passage[:200]))[1][:240]
+
+
+def support(claim: str, passage: str) -> Support:
+    """Whether `passage` supports `claim` (a sentence with its citation markers removed)."""
+    missing = _numbers(claim) - _numbers(passage)
+    if missing:
+        return Support(False, f"number {sorted(missing)[0]} does not appear in the source")
+    claim_tokens = _WORD.findall(claim.lower())
+    passage_tokens = _WORD.findall(passage.lower())
+    run, end = _longest_run(claim_tokens, passage_tokens)
+    if run >= min(MIN_QUOTE_WORDS, len(claim_tokens)) and run > 0:
+        return Support(True, f"quotes {run} words of the source", " ".join(passage_tokens[end - run : end]))
+    words = set(content_words(claim))
+    if not words:
+        return Support(False, "the sentence has no content words to check")
+    overlap = len(words & set(content_words(passage))) / len(words)
+    if overlap >= MIN_OVERLAP:
+        return Support(True, f"{overlap:.0%} of its content words are in the source", _best_sentence(words, passage))
+    return Support(False, f"only {overlap:.0%} of its content words are in the source (lexical check)")
+
+
+def verify(answer: str, passages: list[str]) -> Verification:
+    """Check every citation of `answer` against `passages` (source n is passages[n-1])."""
+    removed = [n for n in parse_citations(answer) if not 1 <= n <= len(passages)]
+    text = _drop(answer, set(removed)) if removed else answer
+    result = Verification(text, removed=removed)
+    for sent in sentences(text):
+        cited = parse_citations(sent)
+        if not cited:
+            continue
+        claim = CITATION.sub("", sent).strip()
+        supported = False
+        for n in cited:
+            s = support(claim, passages[n - 1])
+            result.checks.append(CitationCheck(n, claim, s.ok, s.reason, s.quote))
+            supported |= s.ok
+        if not supported:
+            others = [i for i, p in enumerate(passages, start=1) if i not in cited and support(claim, p).ok]
+            result.flagged.append({"sentence": claim, "cited": cited, "supported_by": others})
+    return result
+
+
+def _drop(text: str, bad: set[int]) -> str:
+    def keep(m: re.Match) -> str:
+        nums = [n.strip() for n in m.group(1).split(",") if int(n) not in bad]
+        return f" [{', '.join(nums)}]" if nums else ""
+    return CITATION.sub(keep, text)

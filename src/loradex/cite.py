@@ -28,6 +28,7 @@ class Support:
     ok: bool
     reason: str
     quote: str = ""
+    strength: float = 0.0  # share of the sentence's words quoted or found in the source
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class CitationCheck:
     verified: bool
     reason: str
     quote: str
+    added: bool = False  # attributed by loradex to an uncited sentence, not written by the model
 
 
 @dataclass
@@ -105,24 +107,37 @@ def support(claim: str, passage: str) -> Support:
     passage_tokens = _WORD.findall(passage.lower())
     run, end = _longest_run(claim_tokens, passage_tokens)
     if run >= min(MIN_QUOTE_WORDS, len(claim_tokens)) and run > 0:
-        return Support(True, f"quotes {run} words of the source", " ".join(passage_tokens[end - run : end]))
+        return Support(True, f"quotes {run} words of the source", " ".join(passage_tokens[end - run : end]),
+                       run / len(claim_tokens))
     words = set(content_words(claim))
     if not words:
         return Support(False, "the sentence has no content words to check")
     overlap = len(words & set(content_words(passage))) / len(words)
     if overlap >= MIN_OVERLAP:
-        return Support(True, f"{overlap:.0%} of its content words are in the source", _best_sentence(words, passage))
-    return Support(False, f"only {overlap:.0%} of its content words are in the source (lexical check)")
+        return Support(True, f"{overlap:.0%} of its content words are in the source",
+                       _best_sentence(words, passage), overlap)
+    return Support(False, f"only {overlap:.0%} of its content words are in the source (lexical check)",
+                   strength=overlap)
 
 
-def verify(answer: str, passages: list[str]) -> Verification:
-    """Check every citation of `answer` against `passages` (source n is passages[n-1])."""
+def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Verification:
+    """Check every citation of `answer` against `passages` (source n is passages[n-1]).
+
+    With `attribute=True`, a sentence the model left uncited gets the source that best supports it,
+    marked `added` so model-made and loradex-made citations stay distinguishable."""
     removed = [n for n in parse_citations(answer) if not 1 <= n <= len(passages)]
     text = _drop(answer, set(removed)) if removed else answer
+    added: dict = {}
+    if attribute:
+        text, added = _attribute(text, passages)
     result = Verification(text, removed=removed)
     for sent in sentences(text):
         cited = parse_citations(sent)
         if not cited:
+            continue
+        if sent in added:
+            n, s = added[sent]
+            result.checks.append(CitationCheck(n, CITATION.sub("", sent).strip(), True, s.reason, s.quote, True))
             continue
         claim = CITATION.sub("", sent).strip()
         supported = False
@@ -141,3 +156,28 @@ def _drop(text: str, bad: set[int]) -> str:
         nums = [n.strip() for n in m.group(1).split(",") if int(n) not in bad]
         return f" [{', '.join(nums)}]" if nums else ""
     return CITATION.sub(keep, text)
+
+
+def _best_support(claim: str, passages: list[str]) -> tuple[int, Support] | None:
+    if len(content_words(claim)) < 3:
+        return None  # too short to attribute ("Yes.", "Hello.")
+    scored = [(n, support(claim, p)) for n, p in enumerate(passages, start=1)]
+    ok = [(n, s) for n, s in scored if s.ok]
+    return max(ok, key=lambda x: (x[1].strength, -x[0])) if ok else None
+
+
+def _attribute(text: str, passages: list[str]) -> tuple[str, dict[str, tuple[int, Support]]]:
+    """Append `[n]` to each uncited sentence that source n supports; also returns what was added."""
+    out, pos, added = [], 0, {}
+    for m in _SENTENCE.finditer(text):
+        sent = m.group(0)
+        body = sent.rstrip()
+        out.append(text[pos : m.start()])
+        best = None if parse_citations(sent) or not body.strip() else _best_support(body, passages)
+        if best:
+            body = f"{body} [{best[0]}]"
+            added[body.strip()] = best
+        out.append(body + sent[len(sent.rstrip()):])
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out), added

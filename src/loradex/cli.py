@@ -145,7 +145,9 @@ def ask(question: str = typer.Argument(..., help="The question."),
 
 
 def _print_sources(result) -> None:
-    marks = {c["n"]: ("[green]verified[/]" if c["verified"] else "[red]not supported[/]") for c in result.citations}
+    marks = {c["n"]: ("[red]not supported[/]" if not c["verified"] else
+                      "[green]verified[/] [dim](citation added by loradex)[/]" if c["added"] else "[green]verified[/]")
+             for c in result.citations}
     if result.abstained:
         out.print("[yellow](abstained: no passage was close enough to the question)[/]")
     for f in result.flagged:

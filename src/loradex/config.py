@@ -39,6 +39,8 @@ class AnswerConfig(_Model):
     k: int = Field(4, ge=1, le=20, description="Passages put in the prompt as numbered sources.")
     max_new_tokens: int = Field(160, ge=1, le=4096, description="Token budget of an answer.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy decoding.")
+    attribute: bool = Field(True, description=(
+        "Give sentences the model left uncited the source that supports them (marked 'added')."))
     min_dense_score: float = Field(0.3, ge=-1, le=1, description=(
         "Abstain (say the documents do not cover it) when no retrieved passage has a cosine similarity "
         "to the question of at least this."))
@@ -128,6 +130,7 @@ answer:
   k: 4                     # passages given to the model as numbered sources
   max_new_tokens: 160
   temperature: 0.0         # greedy
+  attribute: true          # cite uncited sentences that a source supports (marked 'added')
   min_dense_score: 0.3     # abstain when no passage is at least this similar to the question
 
 store:

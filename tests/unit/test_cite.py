@@ -61,3 +61,16 @@ def test_verification_never_keeps_a_citation_to_a_missing_source(answer, passage
     v = verify(answer, passages)
     assert all(1 <= n <= len(passages) for n in parse_citations(v.text))
     assert all(1 <= c.n <= len(passages) for c in v.checks)
+
+
+def test_attribution_adds_verified_citations_to_uncited_supported_sentences():
+    answer = "The grace period for a missed payment is 14 days. Hello. Windscreens are free everywhere."
+    v = verify(answer, [P1, P2], attribute=True)
+    assert v.text == ("The grace period for a missed payment is 14 days. [2] Hello. "
+                      "Windscreens are free everywhere.")
+    assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, True, True)]
+    assert v.flagged == []
+    # model-made citations are left to the normal check, never re-attributed
+    v = verify("The grace period for a missed payment is 14 days [1].", [P1, P2], attribute=True)
+    assert [(c.n, c.verified, c.added) for c in v.checks] == [(1, False, False)]
+    assert v.flagged[0]["supported_by"] == [2]

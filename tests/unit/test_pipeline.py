@@ -11,7 +11,7 @@ from loradex.prompt import NO_SOURCES, build_messages
 
 from .test_ingest import CONFIG, DOCS
 
-ECHO = CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2}\n"
+ECHO = CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: false}\n"
 
 
 def _project(project_dir, engine=None):
@@ -46,7 +46,7 @@ def test_fabricated_answer_is_flagged_and_bad_citation_removed(project_dir):
     a = answer(proj, "When must theft be reported to the police?")
     assert "[7]" not in a.answer
     assert a.citations == [{"n": 1, "chunk_id": a.sources[0]["chunk_id"], "source": a.citations[0]["source"],
-                            "quote": "", "verified": False,
+                            "quote": "", "verified": False, "added": False,
                             "reasons": ["number 48 does not appear in the source"]}]
     assert a.flagged and a.flagged[0]["cited"] == [1]
 
@@ -71,3 +71,13 @@ def test_cli_ask_json_and_text(project_dir):
     assert data["citations"][0]["verified"] is True
     r = runner.invoke(app, ["ask", "When must theft be reported to the police?", "-p", str(root), "--stream"])
     assert r.exit_code == 0 and "[1]" in r.stdout and "verified" in r.stdout and "Sources" in r.stdout
+
+
+def test_uncited_supported_answer_gets_an_added_citation(project_dir):
+    root = project_dir(DOCS, CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: true}\n")
+    proj = open_project(root)
+    ingest(proj)
+    proj.__dict__["engine"] = EchoEngine(reply="Call the police within 24 hours.")
+    a = answer(proj, "When must theft be reported to the police?")
+    assert a.answer == "Call the police within 24 hours. [1]"
+    assert a.citations[0]["verified"] and a.citations[0]["added"]

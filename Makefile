@@ -21,8 +21,9 @@ demo: setup
 	$(LDX) ingest -p $(DEMO)
 	$(LDX) docs list -p $(DEMO)
 	$(LDX) search -p $(DEMO) "How many days do I have to report a burst pipe?" -k 3
-	$(LDX) search -p $(DEMO) "Is theft from an unlocked car covered?" -k 3 --domain policy
-	$(LDX) search -p $(DEMO) "What happens if I miss a monthly payment?" -k 3 --domain billing
+	$(LDX) ask -p $(DEMO) "What is the grace period for a missed payment?" --domain billing
+	$(LDX) ask -p $(DEMO) "How do I report a claim by phone?" --domain claims --stream
+	$(LDX) ask -p $(DEMO) "Who won the football world cup in 1998?"
 
 test: setup
 	$(PY) -m pytest -q
@@ -33,6 +34,8 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/scifact_retrieval.py
 	$(PY) benchmarks/throughput_latency.py
+	$(PY) benchmarks/answer_latency.py
+	$(PY) benchmarks/pubmedqa_citations.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)/.loradex

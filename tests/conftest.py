@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -20,6 +21,14 @@ def write_project(root: Path, files: dict[str, str | bytes], config: str = "") -
             path.write_bytes(content)
         else:
             path.write_text(textwrap.dedent(content), encoding="utf-8")
+    return root
+
+
+def copy_example(root: Path) -> Path:
+    """A private copy of examples/insurance (documents and config, no index) under `root`."""
+    example = REPO / "examples" / "insurance"
+    shutil.copytree(example / "docs", root / "docs")
+    shutil.copy(example / "loradex.yaml", root / "loradex.yaml")
     return root
 
 

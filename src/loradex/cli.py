@@ -53,6 +53,11 @@ def _open(project: Path):
         _fail(e)
 
 
+def _check_domain(proj, domain: str | None) -> None:
+    if domain is not None and domain not in proj.config.domains:
+        _fail(ValueError(f"unknown domain {domain!r}; the project has: {', '.join(proj.config.domains) or 'none'}"))
+
+
 @app.command()
 def init(directory: Path = typer.Argument(Path("."), help="Folder to create the project in."),
          name: Optional[str] = typer.Option(None, help="Project name (default: the folder name).")):
@@ -101,8 +106,7 @@ def search(query: str = typer.Argument(..., help="What to look for."),
            project: Path = ProjectOpt, as_json: bool = JsonOpt):
     """Hybrid (dense + BM25) search over the indexed documents."""
     proj = _open(project)
-    if domain is not None and domain not in proj.config.domains:
-        _fail(ValueError(f"unknown domain {domain!r}; the project has: {', '.join(proj.config.domains) or 'none'}"))
+    _check_domain(proj, domain)
     filters = Filters(domain=domain, tags=tuple(tag), groups=tuple(group) if group else None)
     try:
         hits = run_search(proj.store, proj.embedder, query, proj.config.retrieval, k=k, mode=mode, filters=filters)
@@ -130,8 +134,7 @@ def ask(question: str = typer.Argument(..., help="The question."),
     from .pipeline import answer as run_answer
 
     proj = _open(project)
-    if domain is not None and domain not in proj.config.domains:
-        _fail(ValueError(f"unknown domain {domain!r}; the project has: {', '.join(proj.config.domains) or 'none'}"))
+    _check_domain(proj, domain)
     on_token = (lambda piece: out.print(piece, end="", highlight=False, markup=False)) if stream and not as_json else None
     try:
         result = run_answer(proj, question, k=k, domain=domain, on_token=on_token)

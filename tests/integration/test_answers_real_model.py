@@ -1,7 +1,6 @@
 """`loradex ask` with the packaged SmolLM2-135M-Instruct: conversion from GGUF, generation, streaming,
 citations verified against the passages, abstention on an off-topic question."""
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from loradex.models import MARKER, resolve_model
 from loradex.pipeline import answer
 from loradex.project import open_project
 
-from ..conftest import REPO
+from ..conftest import copy_example
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("insurance")
-    shutil.copytree(REPO / "examples/insurance/docs", root / "docs")
-    shutil.copy(REPO / "examples/insurance/loradex.yaml", root / "loradex.yaml")
-    proj = open_project(root)
+    proj = open_project(copy_example(root))
     ingest(proj)
     return proj
 

@@ -1,7 +1,6 @@
 """The example insurer project with the real packaged MiniLM embedder: every format, real token bounds,
 and retrieval quality on the project's own 30 customer questions."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from loradex.project import open_project
 from loradex.retrieve import search
 from loradex.types import Filters
 
-from ..conftest import REPO
+from ..conftest import REPO, copy_example
 
 pytestmark = pytest.mark.slow
 EXAMPLE = REPO / "examples" / "insurance"
@@ -22,9 +21,7 @@ EXAMPLE = REPO / "examples" / "insurance"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("insurance")
-    shutil.copytree(EXAMPLE / "docs", root / "docs")
-    shutil.copy(EXAMPLE / "loradex.yaml", root / "loradex.yaml")
-    proj = open_project(root)
+    proj = open_project(copy_example(root))
     report = ingest(proj)
     return proj, report
 

@@ -66,33 +66,32 @@ class _Joiner:
         self.pos = 0
         self.builder = _Builder(None)
 
+    def _append(self, text: str) -> int:
+        """Append a piece after a blank line; returns where it starts in the document text."""
+        if self.parts:
+            self.parts.append("\n\n")
+            self.pos += 2
+        start = self.pos
+        self.parts.append(text)
+        self.pos += len(text)
+        return start
+
     def add(self, kind: str, text: str, page: int | None = None, level: int = 0) -> None:
         text = text.strip()
         if not text:
             return
-        if self.parts:
-            self.parts.append("\n\n")
-            self.pos += 2
-        start, end = self.pos, self.pos + len(text)
-        self.parts.append(text)
-        self.pos = end
+        start = self._append(text)
         self.builder.page = page
         if kind == "heading":
-            self.builder.heading(level, " ".join(text.split()), start, end)
+            self.builder.heading(level, " ".join(text.split()), start, start + len(text))
         else:
-            self.builder.add(kind, start, end)
+            self.builder.add(kind, start, start + len(text))
 
     def add_scanned(self, text: str, page: int | None) -> None:
         """Plain text (a PDF page): scanned into paragraphs and headings in place."""
         text = text.strip()
-        if not text:
-            return
-        if self.parts:
-            self.parts.append("\n\n")
-            self.pos += 2
-        scan(text, markdown=False, offset=self.pos, page=page, builder=self.builder)
-        self.parts.append(text)
-        self.pos += len(text)
+        if text:
+            scan(text, markdown=False, offset=self._append(text), page=page, builder=self.builder)
 
     def done(self, fmt: str, pages: int | None = None) -> ParsedDocument:
         return ParsedDocument("".join(self.parts), tuple(self.builder.blocks), fmt, pages)

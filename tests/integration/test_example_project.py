@@ -3,7 +3,6 @@ and retrieval quality on the project's own 30 customer questions."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,7 @@ import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 
-from ..types import Block, ParsedDocument
+from ..types import ParsedDocument
 from .blocks import _Builder, scan
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text",

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .adapters.data import DataError
+from .adapters.registry import AdapterError
 from .config import ConfigError
 from .embed import EmbedderNotFound
 from .ingest.ingest import ingest as run_ingest
@@ -26,6 +28,8 @@ app = typer.Typer(help="loradex: cited answers from your documents, domain adapt
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 docs_app = typer.Typer(help="Inspect and remove indexed documents.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
+adapters_app = typer.Typer(help="List, activate, roll back, remove and import LoRA adapters.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
 
 # A pipe or a log gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -34,7 +38,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 ProjectOpt = typer.Option(Path("."), "--project", "-p", help="Project folder (holds loradex.yaml).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 EXIT_SKIPPED = 3
-_KNOWN_ERRORS = (ConfigError, EmbedderNotFound, StoreError, ValueError, FileNotFoundError)
+_KNOWN_ERRORS = (ConfigError, EmbedderNotFound, StoreError, DataError, AdapterError, ValueError, FileNotFoundError)
 
 
 def _fail(e: Exception) -> None:
@@ -219,6 +223,132 @@ def docs_rm(doc_ids: list[str] = typer.Argument(..., help="Document ids to remov
         _emit({"removed": doc_ids})
     else:
         out.print(f"removed {len(doc_ids)} document(s)")
+
+
+@app.command()
+def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
+          data: Path = typer.Option(..., "--data", help="JSONL: chat messages, alpaca, or prompt/completion."),
+          epochs: int = typer.Option(3, help="Passes over the training split."),
+          max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on optimizer steps (quick checks)."),
+          lr: float = typer.Option(2e-4, help="Learning rate."),
+          rank: int = typer.Option(8, help="LoRA rank."),
+          alpha: int = typer.Option(16, help="LoRA alpha."),
+          batch_size: int = typer.Option(4, "--batch-size", help="Examples per step."),
+          max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Tokens per example (prompt is cut first)."),
+          save_every: int = typer.Option(10, "--save-every", help="Checkpoint every N steps (for resuming)."),
+          with_context: bool = typer.Option(False, "--with-context", help="RAFT-style: train with retrieved sources."),
+          activate: bool = typer.Option(False, "--activate", help="Activate the new version when done."),
+          project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Train a LoRA adapter for a domain and register it (resumes if interrupted)."""
+    from .adapters.context import with_context as add_context
+    from .adapters.data import load_examples
+    from .adapters.train import TrainSettings
+    from .adapters.train import train as run_train
+
+    proj = _open(project)
+    try:
+        examples, dupes = load_examples(data)
+        if with_context:
+            examples = add_context(proj, examples, domain=domain if domain in proj.config.domains else None)
+        settings = TrainSettings(epochs=epochs, max_steps=max_steps, lr=lr, rank=rank, alpha=alpha,
+                                 batch_size=batch_size, max_seq_len=max_seq_len, save_every=save_every)
+        if dupes and not as_json:
+            err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
+        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps, loss {task.fields[loss]}"),
+                      TimeRemainingColumn(), console=err, transient=True, disable=as_json) as bar:
+            task = bar.add_task("train", total=None, loss="-")
+            ref, metrics = run_train(proj, domain, examples, settings, activate=activate,
+                                     progress=lambda step, total, loss: bar.update(
+                                         task, completed=step, total=total, loss=f"{loss:.3f}"))
+    except _KNOWN_ERRORS as e:
+        _fail(e)
+    if as_json:
+        _emit({"adapter": ref.label, "version": ref.version, "path": str(ref.path), "active": activate,
+               "duplicates_dropped": dupes, "metrics": metrics})
+        return
+    out.print(f"registered [bold]{ref.label}[/]{' (active)' if activate else ''}: held-out loss "
+              f"{metrics['initial_eval_loss']:.3f} -> {metrics['best_eval_loss']:.3f} (best at step {metrics['best_step']}), "
+              f"{metrics['steps']} steps in {metrics['seconds']:.0f} s; loss curve: {ref.path / 'loss_curve.png'}",
+              highlight=False)
+
+
+def _registry(project: Path):
+    proj = _open(project)
+    try:
+        return proj.registry
+    except _KNOWN_ERRORS as e:
+        _fail(e)
+
+
+def _adapter_call(fn, *args):
+    try:
+        return fn(*args)
+    except _KNOWN_ERRORS as e:
+        _fail(e)
+
+
+@adapters_app.command("list")
+def adapters_list(project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Every registered adapter version; the active one per domain is marked."""
+    rows = _registry(project).list()
+    if as_json:
+        _emit(rows)
+        return
+    table = Table("adapter", "active", "size", "held-out loss", "steps")
+    for r in rows:
+        m = r["metrics"]
+        table.add_row(r["label"], "*" if r["active"] else "", f"{(r['size_bytes'] or 0) / 1e6:.1f} MB",
+                      f"{m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "-", str(m.get("steps", "-")))
+    out.print(table)
+
+
+@adapters_app.command("show")
+def adapters_show(domain: str, version: Optional[str] = typer.Argument(None, help="Hash prefix (default: active)."),
+                  project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """An adapter's manifest: hashes, base model, hyperparameters, metrics."""
+    reg = _registry(project)
+    ref = _adapter_call(reg.resolve, domain, version)
+    manifest = reg.manifest(ref)
+    if as_json:
+        _emit({"label": ref.label, "path": str(ref.path), **manifest})
+    else:
+        out.print_json(json.dumps({"label": ref.label, "path": str(ref.path), **manifest}))
+
+
+@adapters_app.command("activate")
+def adapters_activate(domain: str, version: str = typer.Argument(..., help="Hash prefix of the version."),
+                      project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Validate a version and make it the domain's active adapter (atomic)."""
+    ref = _adapter_call(_registry(project).activate, domain, version)
+    _emit({"active": ref.label}) if as_json else out.print(f"active: {ref.label}")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(domain: str, project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Make the previously active version active again (or none: the bare base model)."""
+    ref = _adapter_call(_registry(project).rollback, domain)
+    label = ref.label if ref else None
+    _emit({"active": label}) if as_json else out.print(f"active: {label or 'none (base model)'}")
+
+
+@adapters_app.command("rm")
+def adapters_rm(domain: str, version: str, project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Delete a version that is not active."""
+    ref = _adapter_call(_registry(project).remove, domain, version)
+    _emit({"removed": ref.label}) if as_json else out.print(f"removed {ref.label}")
+
+
+@adapters_app.command("import")
+def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder."),
+                    domain: str = typer.Option(..., "--domain", help="Register it under this domain."),
+                    activate: bool = typer.Option(False, "--activate"),
+                    project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Validate and register an adapter trained elsewhere (safetensors only, same base model)."""
+    reg = _registry(project)
+    ref = _adapter_call(reg.register, path, domain, {"imported_from": str(path.resolve())})
+    if activate:
+        _adapter_call(reg.activate, domain, ref.version)
+    _emit({"imported": ref.label, "active": activate}) if as_json else out.print(f"imported {ref.label}")
 
 
 if __name__ == "__main__":

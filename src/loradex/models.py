@@ -103,3 +103,41 @@ def resolve_model(name: str, root: Path | None = None, log: Callable[[str], None
     raise ModelNotFound(
         f"unknown model {name!r}: tried the packaged names ({', '.join(PACKAGED)}), a Hugging Face folder "
         f"at {path} (no config.json there) and a GGUF file at {path} (not a .gguf file)")
+
+
+def base_identity(folder: Path) -> dict:
+    """Name and SHA-256 of a base model folder: the source GGUF's hash for converted models, else the
+    hash of its safetensors files (cached by size and mtime, so it is computed once)."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        return {"name": info["label"], "sha256": info["sha256"]}
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ModelNotFound(f"{folder} has no .safetensors weights (pickle checkpoints are not loaded)")
+    key = "|".join(f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+    cache = cache_dir() / "hashes.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in known:
+        h = hashlib.sha256()
+        for w in weights:
+            h.update(file_sha256(w).encode())
+        known[key] = h.hexdigest()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, cache)
+    return {"name": folder.name, "sha256": known[key]}
+
+
+def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of a model folder's safetensors, read from the headers only."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for w in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(w), "pt") as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes

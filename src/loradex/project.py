@@ -61,9 +61,23 @@ class Project:
 
             return EchoEngine()
         from .engine.local import LocalEngine
+
+        return LocalEngine(self.base_model_dir)
+
+    @cached_property
+    def base_model_dir(self) -> Path:
         from .models import resolve_model
 
-        return LocalEngine(resolve_model(self.config.model, self.root))
+        return resolve_model(self.config.model, self.root)
+
+    @cached_property
+    def registry(self):
+        """The adapter registry, bound to the base model's identity and layer shapes."""
+        from .adapters.registry import Registry
+        from .models import base_identity, weight_shapes
+
+        return Registry(self.state_dir / "adapters", base_identity(self.base_model_dir),
+                        weight_shapes(self.base_model_dir))
 
     @cached_property
     def store(self) -> Store:

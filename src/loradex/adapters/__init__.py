@@ -1,0 +1,1 @@
+"""LoRA adapters: training data (data.py), training (train.py), the versioned registry (registry.py)."""

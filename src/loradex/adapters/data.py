@@ -1,0 +1,108 @@
+"""Training examples from JSONL: OpenAI chat `messages`, alpaca (`instruction`/`input`/`output`) or
+`prompt`/`completion`, all normalised to chat messages ending with one assistant answer.
+
+A malformed record stops the load with an error naming the file, the line and the field; nothing is
+silently dropped (duplicates are reported back so the caller can say how many it removed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A training record is malformed; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    messages: tuple[dict, ...]  # system/user/assistant turns; the last one is the assistant answer
+    line: int
+
+    @property
+    def question(self) -> str:
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+    @property
+    def answer(self) -> str:
+        return self.messages[-1]["content"]
+
+
+def _text(record: dict, field: str, where: str, *, required: bool = True) -> str:
+    value = record.get(field, "" if not required else None)
+    if value is None:
+        raise DataError(f"{where}: missing field '{field}'")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}' must be a string, not {type(value).__name__}")
+    return value
+
+
+def _from_messages(record: dict, where: str) -> tuple[dict, ...]:
+    msgs = record["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise DataError(f"{where}: messages[{i}].role must be system, user or assistant")
+        out.append({"role": m["role"], "content": _text(m, "content", f"{where}: messages[{i}]")})
+    if out[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the last message must be the assistant's answer")
+    if not any(m["role"] == "user" for m in out):
+        raise DataError(f"{where}: messages need a user turn")
+    return tuple(out)
+
+
+def parse_record(record: object, where: str) -> tuple[dict, ...]:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    if "messages" in record:
+        msgs = _from_messages(record, where)
+    elif "instruction" in record:
+        user = _text(record, "instruction", where)
+        extra = _text(record, "input", where, required=False)
+        msgs = ({"role": "user", "content": f"{user}\n\n{extra}" if extra.strip() else user},
+                {"role": "assistant", "content": _text(record, "output", where)})
+    elif "prompt" in record:
+        msgs = ({"role": "user", "content": _text(record, "prompt", where)},
+                {"role": "assistant", "content": _text(record, "completion", where)})
+    else:
+        raise DataError(f"{where}: unknown record format: expected 'messages', 'instruction'/'output' "
+                        "or 'prompt'/'completion'")
+    if not msgs[-1]["content"].strip():
+        raise DataError(f"{where}: the answer is empty")
+    return msgs
+
+
+def load_examples(path: Path) -> tuple[list[Example], int]:
+    """Examples from a JSONL file and how many exact duplicates were dropped."""
+    if not path.is_file():
+        raise DataError(f"{path}: training data not found")
+    examples, seen, dupes = [], set(), 0
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        msgs = parse_record(record, where)
+        key = json.dumps(msgs, sort_keys=True)
+        if key in seen:
+            dupes += 1
+            continue
+        seen.add(key)
+        examples.append(Example(msgs, n))
+    if len(examples) < 2:
+        raise DataError(f"{path}: need at least 2 distinct examples (one is held out for evaluation)")
+    return examples, dupes
+
+
+def data_sha256(examples: list[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.messages, sort_keys=True).encode())
+    return h.hexdigest()

@@ -1,0 +1,210 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from loradex.adapters.data import DataError, load_examples
+from loradex.adapters.registry import AdapterError
+from loradex.adapters.train import TrainSettings, encode, train
+from loradex.cli import app
+from loradex.project import open_project
+from loradex.testing import build_tiny_llama, tiny_tokenizer
+
+EXAMPLES = [
+    {"messages": [{"role": "user", "content": f"How do I report claim {i}?"},
+                  {"role": "assistant", "content": f"Summary: call us.\nEscalation: NO - routine {i}."}]}
+    for i in range(10)
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_dir):
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "loradex.yaml").write_text(f"embedder: hashing\nmodel: {tiny_dir}\ndomains:\n  claims: {{}}\n")
+    data = root / "claims.jsonl"
+    data.write_text("\n".join(json.dumps(e) for e in EXAMPLES) + "\n")
+    return open_project(root)
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_three_formats_and_duplicates(tmp_path):
+    path = _write(tmp_path, [
+        json.dumps({"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]}),
+        json.dumps({"instruction": "q2", "input": "ctx", "output": "a2"}),
+        json.dumps({"prompt": "q3", "completion": "a3"}),
+        json.dumps({"prompt": "q3", "completion": "a3"}),
+    ])
+    examples, dupes = load_examples(path)
+    assert dupes == 1
+    assert [e.question for e in examples] == ["q1", "q2\n\nctx", "q3"]
+    assert [e.answer for e in examples] == ["a1", "a2", "a3"]
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", r"d.jsonl:2: not valid JSON"),
+    (json.dumps({"prompt": "q"}), r"d.jsonl:2: missing field 'completion'"),
+    (json.dumps({"prompt": "q", "completion": 3}), r"d.jsonl:2: field 'completion' must be a string"),
+    (json.dumps({"messages": [{"role": "user", "content": "q"}]}), r"d.jsonl:2: the last message must be"),
+    (json.dumps({"messages": [{"role": "bot", "content": "q"}]}), r"d.jsonl:2: messages\[0\].role"),
+    (json.dumps({"question": "q"}), r"d.jsonl:2: unknown record format"),
+    (json.dumps({"prompt": "q", "completion": "  "}), r"d.jsonl:2: the answer is empty"),
+])
+def test_bad_records_name_line_and_field(tmp_path, line, message):
+    path = _write(tmp_path, [json.dumps({"prompt": "ok", "completion": "fine"}), line])
+    with pytest.raises(DataError, match=message):
+        load_examples(path)
+
+
+def test_loss_only_on_the_answer_with_the_serving_template():
+    tok = tiny_tokenizer()
+    ids, labels = encode(tok, ({"role": "user", "content": "q"}, {"role": "assistant", "content": "the answer"}),
+                         "SYS", 512)
+    answer = [t for t, y in zip(ids, labels) if y != -100]
+    assert tok.decode(answer) == "the answer<|im_end|>"
+    assert tok.decode(ids).startswith("<|im_start|>system\nSYS<|im_end|>")
+    ids, labels = encode(tok, ({"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "ok"}),
+                         "SYS", 32)
+    assert len(ids) == 32 and tok.decode([t for t, y in zip(ids, labels) if y != -100]) == "ok<|im_end|>"
+
+
+def test_train_registers_a_peft_adapter_with_manifest_and_curve(project):
+    examples, _ = load_examples(project.root / "claims.jsonl")
+    ref, metrics = train(project, "claims", examples, TrainSettings(max_steps=6, batch_size=2, lr=5e-3), activate=True)
+    files = {p.name for p in ref.path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "loss_curve.png"} <= files
+    manifest = project.registry.manifest(ref)
+    assert manifest["version"] == ref.version and manifest["base_model"]["sha256"]
+    assert manifest["hyperparameters"]["rank"] == 8 and manifest["training_data_sha256"]
+    assert metrics["steps"] == 6 and metrics["best_eval_loss"] <= metrics["initial_eval_loss"]
+    assert project.registry.resolve("claims").version == ref.version  # active
+    from peft import PeftConfig
+    assert PeftConfig.from_pretrained(str(ref.path)).r == 8  # plain PEFT reads it
+
+
+def test_activate_rollback_remove_and_import(project, tmp_path):
+    examples, _ = load_examples(project.root / "claims.jsonl")
+    reg = project.registry
+    first, _ = train(project, "claims", examples, TrainSettings(max_steps=2, batch_size=2), activate=True)
+    second, _ = train(project, "claims", examples, TrainSettings(max_steps=2, batch_size=2, lr=1e-2), activate=True)
+    assert first.version != second.version
+    with pytest.raises(AdapterError, match="is active"):
+        reg.remove("claims", second.version[:10])
+    assert reg.rollback("claims").version == first.version
+    assert reg.rollback("claims") is None  # back to the bare base model
+    with pytest.raises(AdapterError, match="no active adapter"):
+        reg.resolve("claims")
+    reg.activate("claims", second.version[:8])
+    reg.remove("claims", first.version)
+    assert [r["version"] for r in reg.list()] == [second.version]
+    # importing a plain PEFT folder (no manifest) under another domain
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(second.path / name, plain / name)
+    imported = reg.register(plain, "billing", {})
+    assert imported.version == second.version and reg.manifest(imported)["domain"] == "billing"
+
+
+def _adapter_copy(project, tmp_path):
+    examples, _ = load_examples(project.root / "claims.jsonl")
+    ref, _ = train(project, "claims", examples, TrainSettings(max_steps=1, batch_size=2))
+    bad = tmp_path / "bad"
+    shutil.copytree(ref.path, bad)
+    return bad
+
+
+def test_refusals(project, tmp_path, tiny_dir):
+    reg = project.registry
+    bad = _adapter_copy(project, tmp_path)
+    (bad / "extra.bin").write_bytes(b"pickle")
+    with pytest.raises(AdapterError, match="refusing pickle"):
+        reg.register(bad, "claims", {})
+    (bad / "extra.bin").unlink()
+    manifest = json.loads((bad / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "base_model": {"name": "other", "sha256": "ab" * 32}}))
+    with pytest.raises(AdapterError, match="trained for base 'other'"):
+        reg.register(bad, "claims", {})
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    data = bytearray((bad / "adapter_model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "adapter_model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(AdapterError, match="do not match the manifest"):
+        reg.register(bad, "claims", {})
+    with pytest.raises(AdapterError, match="invalid adapter name"):
+        reg.register(bad, "../escape", {})
+
+
+def test_adapter_for_another_model_shape_is_refused(project, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "o")
+    with pytest.raises(AdapterError, match="the base layer needs"):
+        project.registry.register(tmp_path / "o", "claims", {})
+
+
+def test_cli_train_list_activate_rollback(project):
+    runner = CliRunner()
+    p = str(project.root)
+    r = runner.invoke(app, ["train", "claims", "--data", str(project.root / "claims.jsonl"), "--max-steps", "2",
+                            "--batch-size", "2", "-p", p, "--json"])
+    assert r.exit_code == 0, r.output
+    label = json.loads(r.stdout)["adapter"]
+    version = json.loads(r.stdout)["version"]
+    assert label.startswith("claims@sha256:")
+    assert json.loads(runner.invoke(app, ["adapters", "activate", "claims", version[:12], "-p", p, "--json"]).stdout) == {"active": label}
+    rows = json.loads(runner.invoke(app, ["adapters", "list", "-p", p, "--json"]).stdout)
+    assert rows[0]["active"] and rows[0]["label"] == label
+    assert json.loads(runner.invoke(app, ["adapters", "rollback", "claims", "-p", p, "--json"]).stdout) == {"active": None}
+    r = runner.invoke(app, ["adapters", "activate", "claims", "ffff", "-p", p])
+    assert r.exit_code == 1 and "no adapter version" in r.stderr
+    bad = project.root / "bad.jsonl"
+    bad.write_text('{"prompt": "q"}\n')
+    r = runner.invoke(app, ["train", "claims", "--data", str(bad), "-p", p])
+    assert r.exit_code == 1 and "bad.jsonl:1: missing field 'completion'" in r.stderr
+
+
+def test_training_resumes_after_kill(project):
+    examples = [{"prompt": f"question number {i} " * 8, "completion": f"answer {i} " * 8} for i in range(40)]
+    data = project.root / "long.jsonl"
+    data.write_text("\n".join(json.dumps(e) for e in examples) + "\n")
+    total = 36 * 5  # 36 training examples (4 held out), batch 1, 5 epochs
+    cmd = [sys.executable, "-m", "loradex.cli", "train", "claims", "--data", str(data), "--epochs", "5",
+           "--batch-size", "1", "--save-every", "5", "-p", str(project.root), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state_files = list((project.root / ".loradex/train").glob("claims-*/checkpoint/state.json"))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state_files = list((project.root / ".loradex/train").glob("claims-*/checkpoint/state.json"))
+        if state_files and json.loads(state_files[0].read_text())["step"] >= 10:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state_files, "no checkpoint was written before the kill"
+    killed_at = json.loads(state_files[0].read_text())["step"]
+    assert killed_at < total  # it really was interrupted
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)["metrics"]
+    assert metrics["resumed_from_step"] >= killed_at >= 10
+    assert metrics["steps"] == total or metrics["stopped_early"]

@@ -71,3 +71,28 @@ def test_unknown_model_lists_what_was_tried(tmp_path):
     finally:
         del os.environ["LORADEX_CACHE"]
     assert resolve_model(str(build_tiny_llama(tmp_path / "tiny"))) == tmp_path / "tiny"
+
+
+def test_adapter_changes_output_and_base_stays_unchanged(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = build_tiny_llama(tmp_path / "m")
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(50.0)  # a strong adapter: its greedy output must differ from the base's
+    peft_model.save_pretrained(tmp_path / "a")
+    engine = LocalEngine(folder)
+    req = _req("Report a claim", 12)
+    base = engine.generate([req])[0].text
+    engine.load_adapter("claims", tmp_path / "a")
+    with_adapter = engine.generate([GenerationRequest(req.messages, 12, adapter="claims")])[0].text
+    assert with_adapter != base
+    assert engine.generate([req])[0].text == base  # adapter=None is the bare base model
+    assert "".join(engine.stream(GenerationRequest(req.messages, 12, adapter="claims"))).strip() == with_adapter
+    with pytest.raises(ValueError, match="not loaded"):
+        engine.generate([GenerationRequest(req.messages, 4, adapter="billing")])

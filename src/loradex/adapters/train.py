@@ -178,7 +178,9 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
 
     def evaluate_and_keep(step: int) -> bool:
         """Held-out loss; saves the adapter if it is the best so far. True: stop early."""
+        t_eval = time.perf_counter()
         loss = _eval_loss(model, eval_rows, settings, pad, torch)
+        state["eval_seconds"] = state.get("eval_seconds", 0.0) + time.perf_counter() - t_eval
         state["history"].append({"step": step, "eval_loss": loss})
         if state["best_eval"] is None or loss < state["best_eval"]:
             state.update(best_eval=loss, best_step=step, bad_epochs=0)
@@ -225,6 +227,7 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
                "final_train_loss": next((h["loss"] for h in reversed(state["history"]) if "loss" in h), None),
                "stopped_early": stopped_early, "resumed_from_step": resumed_from, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
                "train_tokens": state["train_tokens"], "seconds": round(seconds, 1),
+               "eval_seconds": round(state.get("eval_seconds", 0.0), 1),
                "tokens_per_s": round(state["train_tokens"] / seconds, 1) if seconds > 0 else None}
     write_atomic(work_dir / "result.json", json.dumps({"metrics": metrics, "history": state["history"]}))
     return TrainResult(metrics, best_dir, state["history"])

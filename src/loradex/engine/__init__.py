@@ -14,6 +14,7 @@ class GenerationRequest:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     temperature: float = 0.0
+    adapter: str | None = None  # a loaded adapter's name; None is the bare base model
 
 
 @dataclass(frozen=True)

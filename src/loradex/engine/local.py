@@ -31,6 +31,34 @@ class LocalEngine:
         if not self.tokenizer.chat_template:
             raise ValueError(f"{model_dir} has no chat template; loradex needs an instruction-tuned chat model")
 
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT LoRA adapter under `name` (the base weights stay shared and unchanged)."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            self.model.load_adapter(str(path), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+
+    def _using(self, adapter: str | None):
+        """Context manager selecting an adapter, or disabling all of them for the bare base."""
+        from contextlib import nullcontext
+
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            if adapter is not None:
+                raise ValueError(f"adapter {adapter!r} is not loaded")
+            return nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        if adapter not in self.model.peft_config:
+            raise ValueError(f"adapter {adapter!r} is not loaded")
+        self.model.set_adapter(adapter)
+        return nullcontext()
+
     def prompt(self, messages: Sequence[dict]) -> str:
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
@@ -50,7 +78,7 @@ class LocalEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.temperature, r.stop), []).append(i)
+            groups.setdefault((r.temperature, r.stop, r.adapter), []).append(i)
         out: list[Generation | None] = [None] * len(requests)
         for idx in groups.values():
             for i, g in zip(idx, self._generate_batch([requests[i] for i in idx])):
@@ -72,7 +100,7 @@ class LocalEngine:
 
         longest = max(r.max_new_tokens for r in requests)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._using(requests[0].adapter):
             ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest),
                                       stopping_criteria=StoppingCriteriaList([FirstToken()]), tokenizer=self.tokenizer)
         t1 = time.perf_counter()
@@ -98,7 +126,7 @@ class LocalEngine:
         enc = self._encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**enc, generation_config=self._config(request, request.max_new_tokens),
-                      streamer=streamer, tokenizer=self.tokenizer)
+                      streamer=streamer, tokenizer=self.tokenizer, adapter=request.adapter)
         thread = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
         thread.start()
         hold = max((len(s) for s in request.stop), default=0)
@@ -117,6 +145,6 @@ class LocalEngine:
                 yield buffer
         thread.join()
 
-    def _generate_quietly(self, **kwargs) -> None:
-        with self.torch.inference_mode():
+    def _generate_quietly(self, adapter: str | None = None, **kwargs) -> None:
+        with self.torch.inference_mode(), self._using(adapter):
             self.model.generate(**kwargs)

@@ -230,7 +230,7 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
           data: Path = typer.Option(..., "--data", help="JSONL: chat messages, alpaca, or prompt/completion."),
           epochs: int = typer.Option(3, help="Passes over the training split."),
           max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on optimizer steps (quick checks)."),
-          lr: float = typer.Option(2e-4, help="Learning rate."),
+          lr: float = typer.Option(2e-3, help="Learning rate (at 3e-4 SmolLM2-135M learned no layout in 2 epochs; 2e-3 did: benchmarks/adapter_effect.py)."),
           rank: int = typer.Option(8, help="LoRA rank."),
           alpha: int = typer.Option(16, help="LoRA alpha."),
           batch_size: int = typer.Option(4, "--batch-size", help="Examples per step."),

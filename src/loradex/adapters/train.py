@@ -30,7 +30,7 @@ Progress = Callable[[int, int, float], None]  # step, total steps, latest loss
 class TrainSettings:
     epochs: int = 3
     max_steps: int | None = None
-    lr: float = 2e-4
+    lr: float = 2e-3
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05

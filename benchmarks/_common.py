@@ -212,3 +212,18 @@ def write_json(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def example_project(tmp: Path):
+    """A private, ingested copy of examples/insurance (documents and config) under `tmp`."""
+    import shutil
+
+    from loradex.ingest.ingest import ingest
+    from loradex.project import open_project
+
+    root = Path(tmp) / "insurance"
+    shutil.copytree(REPO / "examples/insurance/docs", root / "docs")
+    shutil.copy(REPO / "examples/insurance/loradex.yaml", root / "loradex.yaml")
+    proj = open_project(root)
+    ingest(proj)
+    return proj

@@ -23,21 +23,19 @@ import csv
 import json
 import random
 import re
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, STDERR, data_root, machine_info, markdown_table, now_iso, write_json  # noqa: E402
+from _common import (REPO, RESULTS, STDERR, data_root, example_project, machine_info, markdown_table,  # noqa: E402
+                     now_iso, write_json)
 
 from loradex.adapters.context import with_context  # noqa: E402
 from loradex.adapters.data import Example, load_examples  # noqa: E402
 from loradex.adapters.train import TrainSettings, train_lora  # noqa: E402
 from loradex.engine import GenerationRequest  # noqa: E402
-from loradex.ingest.ingest import ingest  # noqa: E402
-from loradex.project import open_project  # noqa: E402
 from loradex.prompt import system_message  # noqa: E402
 
 LAYOUTS = {
@@ -177,11 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "insurance"
-        shutil.copytree(REPO / "examples/insurance/docs", root / "docs")
-        shutil.copy(REPO / "examples/insurance/loradex.yaml", root / "loradex.yaml")
-        proj = open_project(root)
-        ingest(proj)
+        proj = example_project(Path(tmp))
         engine = proj.engine
         work = Path(tmp) / "runs"
         rows = [domain_effect(proj, engine, d, args, work) for d in ("claims", "billing") if d not in args.skip]

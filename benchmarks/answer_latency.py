@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -23,12 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, machine_info, markdown_table, now_iso, write_json  # noqa: E402
+from _common import REPO, RESULTS, example_project, machine_info, markdown_table, now_iso, write_json  # noqa: E402
 
 from loradex.engine import GenerationRequest  # noqa: E402
-from loradex.ingest.ingest import ingest  # noqa: E402
 from loradex.pipeline import answer  # noqa: E402
-from loradex.project import open_project  # noqa: E402
 from loradex.prompt import build_messages  # noqa: E402
 from loradex.retrieve import search  # noqa: E402
 
@@ -80,11 +77,7 @@ def main() -> None:
     lines = (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()
     questions = [json.loads(line)["question"] for line in lines][:: max(1, len(lines) // args.questions)][: args.questions]
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "insurance"
-        shutil.copytree(REPO / "examples/insurance/docs", root / "docs")
-        shutil.copy(REPO / "examples/insurance/loradex.yaml", root / "loradex.yaml")
-        proj = open_project(root)
-        ingest(proj)
+        proj = example_project(Path(tmp))
         proj.engine  # load before timing
         rows = pipeline_timings(proj, questions)
         over = overhead(proj, questions, args.new_tokens, args.repeats)

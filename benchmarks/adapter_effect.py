@@ -9,12 +9,13 @@
 2. MTS-Dialog (../shared/data/mts_dialog): doctor-patient dialogue -> "Section: <HEADER>\\nNote: ...",
    HEADER one of the data set's 20 section codes. Trained on a random sample of the training set,
    scored on a random sample of the validation set: layout adherence and header accuracy.
-3. Forgetting: a small set of general prompts with a checkable answer, base vs each adapter.
+3. Forgetting: 30 general prompts with a checkable answer, base vs each adapter (adapters are trained
+   with replay: a share of other general prompts answered by the base model itself, loradex's default).
 4. Memorisation: a retrieval-trained (RAFT-style, `--with-context`) claims adapter answers the example
    project's document-fact questions closed-book (no sources); the share that states the fact is
    compared with the base model's. It must not be higher: facts belong to retrieval.
 
-  python benchmarks/adapter_effect.py [--epochs 2] [--holdout 12] [--mts-train 64] [--mts-eval 16] [--json]
+  python benchmarks/adapter_effect.py [--epochs 3] [--lr 2e-3] [--replay 0.25] [--holdout 8] [--mts-train 64] [--mts-eval 16] [--json]
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from _common import (REPO, RESULTS, STDERR, data_root, example_project, machine_
 
 from loradex.adapters.context import with_context  # noqa: E402
 from loradex.adapters.data import Example, load_examples  # noqa: E402
+from loradex.adapters.replay import base_answers, mix  # noqa: E402
 from loradex.adapters.train import TrainSettings, train_lora  # noqa: E402
 from loradex.engine import GenerationRequest  # noqa: E402
 from loradex.prompt import system_message  # noqa: E402
@@ -46,7 +48,17 @@ GENERAL = [("What is the capital of France?", "paris"), ("What is 7 plus 5?", "1
            ("Name the largest planet in our solar system.", "jupiter"), ("What color is the sky on a clear day?", "blue"),
            ("How many days are in a week?", "7|seven"), ("Translate 'thank you' into Spanish.", "gracias"),
            ("What is the opposite of hot?", "cold"), ("Which animal says 'meow'?", "cat"),
-           ("What is the freezing point of water in Celsius?", "0|zero"), ("Who wrote Romeo and Juliet?", "shakespeare")]
+           ("What is the freezing point of water in Celsius?", "0|zero"), ("Who wrote Romeo and Juliet?", "shakespeare"),
+           ("What is the capital of Spain?", "madrid"), ("How many months are in a year?", "12|twelve"),
+           ("What is 10 times 10?", "100|hundred"), ("Which star is at the centre of our solar system?", "sun"),
+           ("What do cows drink?", "water"), ("What is the color of grass?", "green"),
+           ("How many legs does a dog have?", "4|four"), ("What is the capital of England?", "london"),
+           ("Which planet do we live on?", "earth"), ("What is the opposite of up?", "down"),
+           ("How many hours are in two days?", "48|forty-eight"), ("Which bird is a symbol of peace?", "dove"),
+           ("What is the largest country in the world by area?", "russia"), ("What do you call a baby dog?", "pupp"),
+           ("What is 20 minus 5?", "15|fifteen"), ("Which metal is liquid at room temperature?", "mercury"),
+           ("Who discovered penicillin?", "fleming"), ("What is the capital of Egypt?", "cairo"),
+           ("How many sides does a hexagon have?", "6|six"), ("What language is spoken in Mexico?", "spanish")]
 
 
 def holdout(examples: list[Example], n: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
@@ -64,8 +76,12 @@ def generate(engine, questions: list[str], system: str, adapter: str | None, max
     return out
 
 
+REPLAY: list = []  # (prompt, base answer) pairs, generated once per run by the bare base model
+
+
 def fit(model_dir: Path, examples: list[Example], work: Path, settings: TrainSettings, name: str) -> tuple[Path, dict]:
     t0 = time.perf_counter()
+    examples = mix(examples, REPLAY, settings.replay, settings.seed)
     result = train_lora(model_dir, examples, work, settings, name)
     STDERR.print(f"trained {work.name}: {result.metrics['steps']} steps, held-out loss "
                  f"{result.metrics['initial_eval_loss']:.3f} -> {result.metrics['best_eval_loss']:.3f} "
@@ -81,7 +97,8 @@ def escalation(text: str) -> str | None:
 def domain_effect(proj, engine, domain: str, args, work: Path) -> dict:
     examples, _ = load_examples(REPO / f"examples/insurance/train/{domain}.jsonl")
     train_ex, held = holdout(examples, args.holdout)
-    settings = TrainSettings(epochs=args.epochs, batch_size=4, max_seq_len=384, lr=args.lr, max_steps=args.max_steps)
+    settings = TrainSettings(epochs=args.epochs, batch_size=4, max_seq_len=384, lr=args.lr, max_steps=args.max_steps,
+                             replay=args.replay)
     adapter_dir, metrics = fit(proj.base_model_dir, train_ex, work / domain, settings, proj.config.name)
     engine.load_adapter(domain, adapter_dir)
     system = system_message(proj.config.name)
@@ -120,7 +137,8 @@ def mts_effect(proj, engine, args, work: Path) -> dict | None:
     held = mts_examples(folder / "MTS-Dialog-ValidationSet.csv", args.mts_eval, 1)
     headers = sorted({e.answer.split("\n")[0][9:] for e in mts_examples(folder / "MTS-Dialog-TrainingSet.csv", 10**6, 0)})
     layout = re.compile(r"^Section: (" + "|".join(map(re.escape, headers)) + r")\nNote: \S")
-    settings = TrainSettings(epochs=args.epochs, batch_size=4, max_seq_len=512, lr=args.lr, max_steps=args.max_steps)
+    settings = TrainSettings(epochs=args.epochs, batch_size=4, max_seq_len=512, lr=args.lr, max_steps=args.max_steps,
+                             replay=args.replay)
     adapter_dir, metrics = fit(proj.base_model_dir, train_ex, work / "mts", settings, proj.config.name)
     engine.load_adapter("mts", adapter_dir)
     system = system_message(proj.config.name)
@@ -147,7 +165,8 @@ def forgetting(engine, adapters: list[str], system: str) -> dict:
 def closed_book(proj, engine, args, work: Path) -> dict:
     examples, _ = load_examples(REPO / "examples/insurance/train/claims.jsonl")
     raft = with_context(proj, examples, domain="claims")
-    settings = TrainSettings(epochs=1, batch_size=4, max_seq_len=1024, lr=args.lr, max_steps=args.raft_steps)
+    settings = TrainSettings(epochs=1, batch_size=4, max_seq_len=1024, lr=args.lr, max_steps=args.raft_steps,
+                             replay=args.replay)
     adapter_dir, metrics = fit(proj.base_model_dir, raft, work / "raft", settings, proj.config.name)
     engine.load_adapter("raft", adapter_dir)
     facts = [json.loads(line) for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]
@@ -162,12 +181,13 @@ def closed_book(proj, engine, args, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--holdout", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--replay", type=float, default=0.25, help="share of base-answered general prompts mixed in (0: off)")
+    ap.add_argument("--holdout", type=int, default=8)
     ap.add_argument("--mts-train", type=int, default=64)
     ap.add_argument("--mts-eval", type=int, default=16)
-    ap.add_argument("--raft-steps", type=int, default=12)
+    ap.add_argument("--raft-steps", type=int, default=16)
     ap.add_argument("--max-steps", type=int, default=None, help="cap every training run (smoke tests)")
     ap.add_argument("--closed-book", type=int, default=30, help="document-fact questions asked closed-book")
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: claims billing mts forgetting closed_book")
@@ -178,6 +198,8 @@ def main() -> None:
         proj = example_project(Path(tmp))
         engine = proj.engine
         work = Path(tmp) / "runs"
+        if args.replay > 0:
+            REPLAY[:] = base_answers(engine, system_message(proj.config.name))
         rows = [domain_effect(proj, engine, d, args, work) for d in ("claims", "billing") if d not in args.skip]
         if "mts" not in args.skip:
             mts = mts_effect(proj, engine, args, work)

@@ -237,6 +237,8 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
           max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Tokens per example (prompt is cut first)."),
           save_every: int = typer.Option(10, "--save-every", help="Checkpoint every N steps (for resuming)."),
           with_context: bool = typer.Option(False, "--with-context", help="RAFT-style: train with retrieved sources."),
+          replay: float = typer.Option(0.25, help="Share of general prompts answered by the base model mixed in "
+                                       "against forgetting (0: off; benchmarks/adapter_effect.py)."),
           activate: bool = typer.Option(False, "--activate", help="Activate the new version when done."),
           project: Path = ProjectOpt, as_json: bool = JsonOpt):
     """Train a LoRA adapter for a domain and register it (resumes if interrupted)."""
@@ -251,7 +253,8 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
         if with_context:
             examples = add_context(proj, examples, domain=domain if domain in proj.config.domains else None)
         settings = TrainSettings(epochs=epochs, max_steps=max_steps, lr=lr, rank=rank, alpha=alpha,
-                                 batch_size=batch_size, max_seq_len=max_seq_len, save_every=save_every)
+                                 batch_size=batch_size, max_seq_len=max_seq_len, save_every=save_every,
+                                 replay=replay)
         if dupes and not as_json:
             err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
         with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps, loss {task.fields[loss]}"),

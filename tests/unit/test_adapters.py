@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -93,6 +94,7 @@ def test_train_registers_a_peft_adapter_with_manifest_and_curve(project):
     assert manifest["version"] == ref.version and manifest["base_model"]["sha256"]
     assert manifest["hyperparameters"]["rank"] == 8 and manifest["training_data_sha256"]
     assert metrics["steps"] == 6 and metrics["best_eval_loss"] <= metrics["initial_eval_loss"]
+    assert metrics["replay_examples"] == 2 and metrics["train_examples"] + metrics["eval_examples"] == 12  # 25% of 10
     assert project.registry.resolve("claims").version == ref.version  # active
     from peft import PeftConfig
     assert PeftConfig.from_pretrained(str(ref.path)).r == 8  # plain PEFT reads it
@@ -187,7 +189,7 @@ def test_training_resumes_after_kill(project):
     examples = [{"prompt": f"question number {i} " * 8, "completion": f"answer {i} " * 8} for i in range(40)]
     data = project.root / "long.jsonl"
     data.write_text("\n".join(json.dumps(e) for e in examples) + "\n")
-    total = 36 * 5  # 36 training examples (4 held out), batch 1, 5 epochs
+    total = 45 * 5  # 40 examples + 10 replay (25%), 5 held out; batch 1, 5 epochs
     cmd = [sys.executable, "-m", "loradex.cli", "train", "claims", "--data", str(data), "--epochs", "5",
            "--batch-size", "1", "--save-every", "5", "-p", str(project.root), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -208,3 +210,36 @@ def test_training_resumes_after_kill(project):
     metrics = json.loads(done.stdout)["metrics"]
     assert metrics["resumed_from_step"] >= killed_at >= 10
     assert metrics["steps"] == total or metrics["stopped_early"]
+
+
+def test_replay_targets_are_the_base_models_own_answers_and_cached(project, tmp_path):
+    from loradex.adapters.replay import PROMPTS, base_answers, mix
+    from loradex.engine import GenerationRequest
+    from loradex.engine.local import LocalEngine
+
+    engine = LocalEngine(project.base_model_dir)
+    prompts = PROMPTS[:3]
+    pairs = base_answers(engine, "SYS", tmp_path / "cache", "sha", prompts=prompts, max_new_tokens=8)
+    direct = engine.generate([GenerationRequest(({"role": "system", "content": "SYS"}, {"role": "user", "content": prompts[0]}), 8)])
+    assert pairs[0] == (prompts[0], direct[0].text.strip())
+    calls = []
+    cached = base_answers(None, "SYS", tmp_path / "cache", "sha", prompts=prompts, max_new_tokens=8,
+                          engine_factory=lambda: calls.append(1))
+    assert cached == pairs and not calls  # second call: from the cache, no model loaded
+    examples, _ = load_examples(project.root / "claims.jsonl")
+    mixed = mix(examples, pairs, 0.2)
+    assert mixed[:10] == examples and len(mixed) == 12
+    assert {m.question for m in mixed[10:]} <= set(prompts) and len({m.line for m in mixed}) == 12
+    assert mix(examples, pairs, 0.0) == examples
+
+
+def test_replay_pool_is_disjoint_from_the_forgetting_benchmark():
+    import ast
+
+    from loradex.adapters.replay import PROMPTS
+
+    repo = Path(__file__).resolve().parents[2]
+    tree = ast.parse((repo / "benchmarks/adapter_effect.py").read_text())
+    general = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "GENERAL")
+    scored = {q.lower() for q, _ in ast.literal_eval(general)}
+    assert len(scored) == 30 and not scored & {p.lower() for p in PROMPTS} and len(set(PROMPTS)) == len(PROMPTS)

@@ -42,6 +42,7 @@ class TrainSettings:
     warmup_steps: int = 5
     save_every: int = 10
     seed: int = 0
+    replay: float = 0.25  # general prompts with the base model's own answers, as a share of the examples (0: off)
 
 
 @dataclass
@@ -245,7 +246,17 @@ def train(project, domain: str, examples: list[Example], settings: TrainSettings
     work = project.state_dir / "train" / f"{domain}-{run_id(data_hash, settings, registry.base['sha256'])}"
     tokenizer_template = (base_dir / "chat_template.jinja")
     template = tokenizer_template.read_text() if tokenizer_template.is_file() else ""
+    n_domain = len(examples)
+    if settings.replay > 0:
+        from ..engine.local import LocalEngine
+        from .replay import base_answers, mix
+
+        cache = project.state_dir / "replay"
+        pairs = base_answers(None, system_message(project.config.name), cache, registry.base["sha256"],
+                             engine_factory=lambda: LocalEngine(base_dir))
+        examples = mix(examples, pairs, settings.replay, settings.seed)
     result = train_lora(base_dir, examples, work, settings, project.config.name, progress)
+    result.metrics["replay_examples"] = len(examples) - n_domain
     manifest = {"hyperparameters": asdict(settings), "metrics": result.metrics, "training_data_sha256": data_hash,
                 "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
                 "system_message_sha256": hashlib.sha256(system_message(project.config.name).encode()).hexdigest(),

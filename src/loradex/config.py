@@ -56,6 +56,23 @@ class DomainConfig(_Model):
     paths: list[str] = Field(default_factory=list, description="Globs (relative to the project) of its documents.")
     tags: list[str] = Field(default_factory=list, description="Tags given to every document of the domain.")
     groups: list[str] = Field(default_factory=list, description="Access groups of every document of the domain.")
+    examples: list[str] = Field(default_factory=list, description="Example queries the router learns this domain from.")
+    examples_file: str | None = Field(None, description="File of example queries, one a line (relative to the project).")
+
+
+class RoutingConfig(_Model):
+    method: Literal["linear", "centroid", "nearest"] = Field("linear", description=(
+        "How queries are scored against the domains' examples (linear was best on CLINC150: "
+        "benchmarks/routing_clinc150.py)."))
+    holdout: float = Field(0.2, gt=0, lt=1, description="Share of each domain's examples held out for calibration.")
+    target_recall: float = Field(0.95, gt=0, le=1, description=(
+        "Share of held-out in-domain examples that must pass the per-domain out-of-scope threshold."))
+    min_probability: float = Field(0.5, ge=0, le=1, description=(
+        "Abstain as ambiguous when the best domain's calibrated probability is under this."))
+
+
+class AdaptersConfig(_Model):
+    max_loaded: int = Field(4, ge=1, le=256, description="Adapters kept loaded on the base model (least recently used go).")
 
 
 class MetadataRule(_Model):
@@ -77,6 +94,8 @@ class ProjectConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     domains: dict[str, DomainConfig] = Field(default_factory=dict, description="Domains by name.")
     metadata: list[MetadataRule] = Field(default_factory=list, description="Extra tags and groups by path glob.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
@@ -142,6 +161,18 @@ domains: {{}}
 #    description: Reporting and settling claims
 #    paths: ["docs/claims/**"]
 #    groups: []            # access groups; empty = everyone
+#    examples: ["My car was stolen last night, what do I do?"]   # queries the router learns from
+#    examples_file: routing/claims.txt                          # or one query a line
+
+# The router: picks a domain (its adapter and its sources) per query, or abstains to the base model.
+routing:
+  method: linear           # linear | centroid | nearest
+  holdout: 0.2             # share of each domain's examples used to calibrate
+  target_recall: 0.95      # in-domain examples that must pass the out-of-scope threshold
+  min_probability: 0.5     # abstain as ambiguous under this calibrated probability
+
+adapters:
+  max_loaded: 4            # adapters kept on the base model at once (least recently used unloaded)
 
 # Extra tags and access groups by path glob.
 metadata: []

@@ -62,7 +62,14 @@ class Project:
             return EchoEngine()
         from .engine.local import LocalEngine
 
-        return LocalEngine(self.base_model_dir)
+        return LocalEngine(self.base_model_dir, max_adapters=self.config.adapters.max_loaded)
+
+    @cached_property
+    def router(self):
+        """The domain router fitted from the domains' example queries (None when there are none)."""
+        from .route import project_router
+
+        return project_router(self)
 
     @cached_property
     def base_model_dir(self) -> Path:

@@ -56,3 +56,22 @@ def build_tiny_llama(folder: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_random_adapter(model_dir: str | Path, out: str | Path, *, seed: int = 0, rank: int = 4,
+                         scale: float = 50.0, target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """A random LoRA adapter for `model_dir` in PEFT's format; `scale` makes it strong enough to change
+    greedy output, so tests can tell adapters apart by what they generate."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(model_dir)),
+                           LoraConfig(r=rank, target_modules=list(target_modules), init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(scale)
+    model.save_pretrained(str(out))
+    return Path(out)

@@ -96,3 +96,61 @@ def test_adapter_changes_output_and_base_stays_unchanged(tmp_path):
     assert "".join(engine.stream(GenerationRequest(req.messages, 12, adapter="claims"))).strip() == with_adapter
     with pytest.raises(ValueError, match="not loaded"):
         engine.generate([GenerationRequest(req.messages, 4, adapter="billing")])
+
+
+@pytest.fixture(scope="module")
+def four_adapters(tmp_path_factory):
+    from loradex.testing import build_random_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    folder = build_tiny_llama(root / "m")
+    return folder, [build_random_adapter(folder, root / f"a{i}", seed=i) for i in range(4)]
+
+
+def test_mixed_batch_equals_each_request_alone(four_adapters):
+    folder, paths = four_adapters
+    engine = LocalEngine(folder, max_adapters=4)
+    for i, p in enumerate(paths):
+        engine.load_adapter(f"d{i}@v1", p)
+    prompts = ["Report a claim", "What is the grace period for a missed monthly premium?", "Theft", "Fees"]
+    reqs = [GenerationRequest(_req(q).messages, 10, adapter=a)
+            for q in prompts for a in (None, "d0@v1", "d1@v1", "d3@v1")]
+    mixed = engine.generate(reqs)
+    alone = [engine.generate([r])[0] for r in reqs]
+    assert [g.text for g in mixed] == [g.text for g in alone]
+    by_adapter = {r.adapter: g.text for r, g in zip(reqs[:4], alone[:4])}
+    assert len(set(by_adapter.values())) == 4  # four different models really answered
+
+
+def test_lru_eviction_and_a_new_version_never_serves_old_weights(four_adapters):
+    folder, paths = four_adapters
+    engine = LocalEngine(folder, max_adapters=2)
+    req = _req("Report a claim")
+    texts = {}
+    for i in range(3):
+        assert engine.load_adapter(f"d{i}", paths[i]) is True
+        texts[i] = engine.generate([GenerationRequest(req.messages, 12, adapter=f"d{i}")])[0].text
+    assert engine.loaded_adapters() == ["d1", "d2"] and engine.stats["adapter_evictions"] == 1
+    with pytest.raises(ValueError, match="not loaded"):
+        engine.generate([GenerationRequest(req.messages, 4, adapter="d0")])
+    assert engine.load_adapter("d1", paths[1]) is False  # already there: only marked as recently used
+    engine.load_adapter("d0", paths[0])  # evicts d2, the least recently used
+    assert engine.loaded_adapters() == ["d1", "d0"]
+    assert engine.generate([GenerationRequest(req.messages, 12, adapter="d0")])[0].text == texts[0]
+    engine.load_adapter("d1", paths[3])  # the same name from another folder: replaced, not reused
+    assert engine.generate([GenerationRequest(req.messages, 12, adapter="d1")])[0].text != texts[1]
+    base = LocalEngine(folder).generate([req])[0].text
+    assert engine.generate([req])[0].text == base  # the base is untouched by all of this
+
+
+def test_replacing_the_only_adapter(four_adapters):
+    folder, paths = four_adapters
+    engine, fresh = LocalEngine(folder, max_adapters=1), LocalEngine(folder)
+    req = _req("Report a claim")
+    engine.load_adapter("x", paths[0])
+    engine.load_adapter("x", paths[1])
+    fresh.load_adapter("y", paths[1])
+    assert engine.generate([GenerationRequest(req.messages, 12, adapter="x")])[0].text == \
+        fresh.generate([GenerationRequest(req.messages, 12, adapter="y")])[0].text
+    engine.load_adapter("z", paths[2])  # max 1: x goes
+    assert engine.loaded_adapters() == ["z"]

@@ -1,12 +1,18 @@
 """The local engine: transformers on this machine (CPU, or a GPU when present).
 
-Requests sharing sampling settings and stop sequences are generated as one left-padded batch.
-Timings split prompt processing (to the first new token) from the rest of generation.
+One base model, several LoRA adapters loaded on it (least recently used unloaded past `max_adapters`).
+Requests sharing sampling settings and stop sequences are generated as one left-padded batch, even when
+they ask for different adapters or the bare base: PEFT applies each row's adapter (`adapter_names=`).
+An adapter is addressed by its full name (`claims@sha256:...`), so a new version is a new name and the
+old weights are never served under it. Timings split prompt processing (to the first new token) from
+the rest of generation. One lock serialises use of the model across threads.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -14,7 +20,7 @@ from . import Generation, GenerationRequest, cut_at_stop
 
 
 class LocalEngine:
-    def __init__(self, model_dir: str | Path, *, device: str | None = None):
+    def __init__(self, model_dir: str | Path, *, device: str | None = None, max_adapters: int = 4):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -30,34 +36,73 @@ class LocalEngine:
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
         if not self.tokenizer.chat_template:
             raise ValueError(f"{model_dir} has no chat template; loradex needs an instruction-tuned chat model")
+        self.max_adapters = max_adapters
+        self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> (path, PEFT slot), LRU order
+        self._lock = threading.RLock()
+        self.stats = {"adapter_loads": 0, "adapter_evictions": 0}
 
-    def load_adapter(self, name: str, path: str | Path) -> None:
-        """Load a PEFT LoRA adapter under `name` (the base weights stay shared and unchanged)."""
+    @staticmethod
+    def _slot(name: str) -> str:
+        return "a" + hashlib.sha256(name.encode()).hexdigest()[:16]  # PEFT module keys cannot hold '.'
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of the loaded adapters, least recently used first."""
+        return list(self._adapters)
+
+    def load_adapter(self, name: str, path: str | Path) -> bool:
+        """Make adapter `name` (a PEFT LoRA folder) available; the base weights stay shared and unchanged.
+
+        A no-op when the same name is loaded from the same folder (it only becomes most recently used);
+        loading past `max_adapters` unloads the least recently used one. True when it was (re)loaded."""
         from peft import PeftModel
 
-        if isinstance(self.model, PeftModel):
-            if name in self.model.peft_config:
-                self.model.delete_adapter(name)
-            self.model.load_adapter(str(path), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+        path = str(Path(path).resolve())
+        with self._lock:
+            if self._adapters.get(name, ("", ""))[0] == path:
+                self._adapters.move_to_end(name)
+                return False
+            slot = self._slot(name)
+            if name in self._adapters:  # same name, other folder: replace, never serve the old weights
+                self._unload(name)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=slot)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=slot).eval()
+            self._adapters[name] = (path, slot)
+            self.stats["adapter_loads"] += 1
+            while len(self._adapters) > self.max_adapters:
+                self._unload(next(iter(self._adapters)))
+                self.stats["adapter_evictions"] += 1
+            return True
 
-    def _using(self, adapter: str | None):
-        """Context manager selecting an adapter, or disabling all of them for the bare base."""
+    def _unload(self, name: str) -> None:
+        _, slot = self._adapters.pop(name)
+        remaining = [s for _, s in self._adapters.values()]
+        if remaining:
+            self.model.set_adapter(remaining[-1])  # PEFT will not delete the active adapter
+            self.model.delete_adapter(slot)
+        else:  # the last one: go back to the bare model
+            self.model = self.model.unload()
+
+    def _adapter_kwargs(self, requests: Sequence[GenerationRequest]):
+        """(context manager, generate kwargs) selecting each request's adapter, or none for the base."""
         from contextlib import nullcontext
 
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
-            if adapter is not None:
-                raise ValueError(f"adapter {adapter!r} is not loaded")
-            return nullcontext()
-        if adapter is None:
-            return self.model.disable_adapter()
-        if adapter not in self.model.peft_config:
-            raise ValueError(f"adapter {adapter!r} is not loaded")
-        self.model.set_adapter(adapter)
-        return nullcontext()
+        names = [r.adapter for r in requests]
+        for n in names:
+            if n is not None and n not in self._adapters:
+                raise ValueError(f"adapter {n!r} is not loaded; load it first (engine.load_adapter)")
+        for n in set(names) - {None}:
+            self._adapters.move_to_end(n)
+        if not self._adapters:
+            return nullcontext(), {}
+        distinct = set(names)
+        if distinct == {None}:
+            return self.model.disable_adapter(), {}
+        if len(distinct) == 1:
+            self.model.set_adapter(self._adapters[names[0]][1])
+            return nullcontext(), {}
+        return nullcontext(), {"adapter_names": [self._adapters[n][1] if n else "__base__" for n in names]}
 
     def prompt(self, messages: Sequence[dict]) -> str:
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
@@ -78,11 +123,12 @@ class LocalEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.temperature, r.stop, r.adapter), []).append(i)
+            groups.setdefault((r.temperature, r.stop), []).append(i)  # adapters mix within a batch
         out: list[Generation | None] = [None] * len(requests)
-        for idx in groups.values():
-            for i, g in zip(idx, self._generate_batch([requests[i] for i in idx])):
-                out[i] = g
+        with self._lock:
+            for idx in groups.values():
+                for i, g in zip(idx, self._generate_batch([requests[i] for i in idx])):
+                    out[i] = g
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -100,8 +146,9 @@ class LocalEngine:
 
         longest = max(r.max_new_tokens for r in requests)
         t0 = time.perf_counter()
-        with torch.inference_mode(), self._using(requests[0].adapter):
-            ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest),
+        context, extra = self._adapter_kwargs(requests)
+        with torch.inference_mode(), context:
+            ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest), **extra,
                                       stopping_criteria=StoppingCriteriaList([FirstToken()]), tokenizer=self.tokenizer)
         t1 = time.perf_counter()
         t_first = first[0] if first else t1
@@ -126,7 +173,7 @@ class LocalEngine:
         enc = self._encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**enc, generation_config=self._config(request, request.max_new_tokens),
-                      streamer=streamer, tokenizer=self.tokenizer, adapter=request.adapter)
+                      streamer=streamer, tokenizer=self.tokenizer, request=request)
         thread = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
         thread.start()
         hold = max((len(s) for s in request.stop), default=0)
@@ -145,6 +192,8 @@ class LocalEngine:
                 yield buffer
         thread.join()
 
-    def _generate_quietly(self, adapter: str | None = None, **kwargs) -> None:
-        with self.torch.inference_mode(), self._using(adapter):
-            self.model.generate(**kwargs)
+    def _generate_quietly(self, request: GenerationRequest, **kwargs) -> None:
+        with self._lock:
+            context, extra = self._adapter_kwargs([request])
+            with self.torch.inference_mode(), context:
+                self.model.generate(**kwargs, **extra)

@@ -1,0 +1,287 @@
+"""The domain router: which domain (and so which adapter and which sources) a query belongs to.
+
+Fitted from each domain's example queries, on the project's own embedder:
+- `linear` (default, chosen on CLINC150 by benchmarks/routing_clinc150.py): a multinomial logistic
+  regression on the normalised embeddings; `centroid`: cosine to each domain's mean example;
+  `nearest`: cosine to each domain's closest example.
+- Scores are probabilities: a softmax whose temperature is fitted on a held-out part of the examples
+  (minimum negative log-likelihood), so a 0.8 means right about 80% of the time on that held-out part.
+- Abstention has two independent reasons. `ambiguous`: the top probability is under `min_probability`
+  (two domains too close). `out_of_scope`: the query is farther from the chosen domain's examples than
+  almost all of that domain's held-out examples were (a per-domain cosine threshold at the quantile
+  that keeps `target_recall` of them). Softmax scores alone cannot say "none of these": they always sum to 1.
+- After calibration the router is refitted on all examples; thresholds stay those of the held-out part.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+METHODS = ("linear", "centroid", "nearest")
+
+
+class RouterError(ValueError):
+    """The router cannot be fitted or loaded; the message says what to add or fix."""
+
+
+@dataclass
+class Route:
+    domain: str | None  # None: abstained, or no router; the query goes to the base model over all sources
+    score: float  # calibrated probability of the chosen (or best) domain
+    scores: dict[str, float] = field(default_factory=dict)
+    abstained: bool = False
+    reason: str = ""  # ambiguous | out_of_scope | no_router | explicit | ""
+    best: str | None = None  # best domain even when abstained
+    similarity: float | None = None  # cosine to the best domain's nearest example
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float = 1e-4,
+                steps: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression, full-batch L-BFGS in torch; classes weighted to be balanced."""
+    import torch
+
+    torch.manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    counts = np.bincount(y, minlength=n_classes).astype(np.float32)
+    weights = torch.from_numpy(len(y) / (n_classes * np.maximum(counts, 1)))
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    scale = 10.0  # cosine features are small; a fixed input scale keeps the optimisation well conditioned
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(scale * xt @ w + b, yt, weight=weights)
+        loss = loss + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return (scale * w).detach().numpy(), b.detach().numpy()
+
+
+def _fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature minimising held-out negative log-likelihood (grid over log-space)."""
+    best, best_t = float("inf"), 1.0
+    for t in np.exp(np.linspace(np.log(0.01), np.log(100.0), 161)):
+        p = _softmax(logits / t)
+        nll = -np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()
+        if nll < best:
+            best, best_t = nll, float(t)
+    return best_t
+
+
+@dataclass
+class Router:
+    domains: list[str]
+    method: str
+    examples: np.ndarray  # normalised example embeddings (n, dim)
+    labels: np.ndarray  # domain index per example
+    weights: np.ndarray | None = None  # linear: (dim, n_domains)
+    bias: np.ndarray | None = None
+    temperature: float = 1.0
+    sim_thresholds: dict[str, float] = field(default_factory=dict)
+    min_probability: float = 0.5
+    target_recall: float = 0.95
+    meta: dict = field(default_factory=dict)
+
+    # ---- fitting -------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, method: str = "linear", holdout: float = 0.2,
+            target_recall: float = 0.95, min_probability: float = 0.5, seed: int = 0,
+            calibration: tuple[np.ndarray, Sequence[str]] | None = None) -> "Router":
+        """Fit on example embeddings with their domain names.
+
+        Calibration (temperature, per-domain thresholds) uses `calibration` when given, else a stratified
+        `holdout` share of the examples; the final router is then fitted on all examples.
+        """
+        if method not in METHODS:
+            raise RouterError(f"unknown router method {method!r}; use one of {', '.join(METHODS)}")
+        domains = sorted(set(labels))
+        if not domains:
+            raise RouterError("no domain has example queries; add domains.<name>.examples to loradex.yaml")
+        x = _normalise(vectors)
+        y = np.array([domains.index(d) for d in labels])
+        if calibration is not None:
+            fit_idx, cal_x = np.arange(len(y)), _normalise(calibration[0])
+            cal_y = np.array([domains.index(d) for d in calibration[1]])
+        else:
+            rng = np.random.default_rng(seed)
+            cal_idx = []
+            for c in range(len(domains)):
+                idx = np.flatnonzero(y == c)
+                if len(idx) >= 3:  # keep at least two examples per domain to fit on
+                    cal_idx += list(rng.choice(idx, size=max(1, round(len(idx) * holdout)), replace=False))
+            if not cal_idx:
+                raise RouterError("too few example queries to calibrate the router: give each domain at least 3")
+            mask = np.zeros(len(y), bool)
+            mask[cal_idx] = True
+            fit_idx, cal_x, cal_y = np.flatnonzero(~mask), x[mask], y[mask]
+        part = cls._fitted(domains, method, x[fit_idx], y[fit_idx], seed)
+        logits = part._logits(cal_x)
+        temperature = _fit_temperature(logits, cal_y) if len(domains) > 1 else 1.0
+        sims = part._nearest_sims(cal_x)
+        thresholds = {}
+        for c, d in enumerate(domains):
+            own = sims[cal_y == c, c]
+            thresholds[d] = float(np.quantile(own, 1 - target_recall)) if len(own) else -1.0
+        final = cls._fitted(domains, method, x, y, seed) if calibration is None else part
+        final.temperature, final.sim_thresholds = temperature, thresholds
+        final.min_probability, final.target_recall = min_probability, target_recall
+        final.meta = {"examples": int(len(y)), "calibration_examples": int(len(cal_y)),
+                      "calibration_accuracy": float((logits.argmax(1) == cal_y).mean())}
+        return final
+
+    @classmethod
+    def _fitted(cls, domains: list[str], method: str, x: np.ndarray, y: np.ndarray, seed: int) -> "Router":
+        r = cls(domains, method, x, y)
+        if method == "linear" and len(domains) > 1:
+            r.weights, r.bias = _fit_linear(x, y, len(domains), seed=seed)
+        return r
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def _nearest_sims(self, q: np.ndarray) -> np.ndarray:
+        """(n, n_domains): cosine of each query to each domain's closest example."""
+        sims = q @ self.examples.T
+        out = np.full((len(q), len(self.domains)), -1.0, dtype=np.float32)
+        for c in range(len(self.domains)):
+            cols = self.labels == c
+            if cols.any():
+                out[:, c] = sims[:, cols].max(axis=1)
+        return out
+
+    def _logits(self, q: np.ndarray) -> np.ndarray:
+        if self.method == "linear" and self.weights is not None:
+            return q @ self.weights + self.bias
+        if self.method == "centroid":
+            cents = _normalise(np.stack([self.examples[self.labels == c].mean(0) for c in range(len(self.domains))]))
+            return q @ cents.T
+        return self._nearest_sims(q)
+
+    def route_vectors(self, vectors: np.ndarray) -> list[Route]:
+        q = _normalise(vectors)
+        probs = _softmax(self._logits(q) / self.temperature)
+        sims = self._nearest_sims(q)
+        out = []
+        for i in range(len(q)):
+            c = int(probs[i].argmax())
+            d = self.domains[c]
+            scores = {name: round(float(p), 4) for name, p in zip(self.domains, probs[i])}
+            sim = float(sims[i, c])
+            reason = ""
+            if sim < self.sim_thresholds.get(d, -1.0):
+                reason = "out_of_scope"
+            elif probs[i, c] < self.min_probability:
+                reason = "ambiguous"
+            out.append(Route(None if reason else d, round(float(probs[i, c]), 4), scores, bool(reason), reason, d,
+                             round(sim, 4)))
+        return out
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def save(self, folder: Path, key: str) -> None:
+        """Write router.npz + router.json into `folder` (atomically: temp names, then rename)."""
+        from .project import write_atomic
+
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {"examples": self.examples, "labels": self.labels}
+        if self.weights is not None:
+            arrays.update(weights=self.weights, bias=self.bias)
+        tmp = folder / f"router.{key}.npz.tmp"
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(folder / f"router.{key}.npz")
+        info = {"key": key, "domains": self.domains, "method": self.method, "temperature": self.temperature,
+                "sim_thresholds": self.sim_thresholds, "min_probability": self.min_probability,
+                "target_recall": self.target_recall, "meta": self.meta}
+        write_atomic(folder / "router.json", json.dumps(info, indent=2))
+        for old in folder.glob("router.*.npz"):
+            if old.name != f"router.{key}.npz":
+                old.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple["Router", str] | None:
+        try:
+            info = json.loads((folder / "router.json").read_text())
+            arrays = np.load(folder / f"router.{info['key']}.npz")
+        except (OSError, ValueError, KeyError):
+            return None
+        r = cls(info["domains"], info["method"], arrays["examples"], arrays["labels"],
+                arrays["weights"] if "weights" in arrays else None, arrays["bias"] if "bias" in arrays else None,
+                info["temperature"], info["sim_thresholds"], info["min_probability"], info["target_recall"], info["meta"])
+        return r, info["key"]
+
+
+# ---- the project's router ---------------------------------------------------------------------------
+
+def domain_examples(project) -> dict[str, list[str]]:
+    """Each domain's example queries from loradex.yaml (`examples` and `examples_file`)."""
+    out: dict[str, list[str]] = {}
+    for name, dom in project.config.domains.items():
+        queries = [q.strip() for q in dom.examples if q.strip()]
+        if dom.examples_file:
+            path = project.root / dom.examples_file
+            if not path.is_file():
+                raise RouterError(f"domains.{name}.examples_file: {path} does not exist")
+            queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if queries:
+            out[name] = list(dict.fromkeys(queries))
+    return out
+
+
+def router_key(project, examples: dict[str, list[str]]) -> str:
+    cfg = project.config.routing
+    blob = json.dumps([examples, project.config.embedder, cfg.model_dump()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit_project_router(project, examples: dict[str, list[str]] | None = None) -> Router:
+    examples = examples if examples is not None else domain_examples(project)
+    if not examples:
+        raise RouterError("no domain has example queries; add domains.<name>.examples (a list) or "
+                          "domains.<name>.examples_file (one query a line) to loradex.yaml")
+    texts = [q for qs in examples.values() for q in qs]
+    labels = [d for d, qs in examples.items() for _ in qs]
+    cfg = project.config.routing
+    router = Router.fit(project.embedder.embed(texts), labels, method=cfg.method, holdout=cfg.holdout,
+                        target_recall=cfg.target_recall, min_probability=cfg.min_probability)
+    router.save(project.state_dir, router_key(project, examples))
+    return router
+
+
+def project_router(project, refit: bool = False) -> Router | None:
+    """The saved router if it matches the current examples and settings; refitted (and saved) if not.
+    None when no domain has example queries."""
+    examples = domain_examples(project)
+    if not examples:
+        return None
+    key = router_key(project, examples)
+    loaded = None if refit else Router.load(project.state_dir)
+    if loaded is not None and loaded[1] == key:
+        return loaded[0]
+    return fit_project_router(project, examples)
+
+
+def route_queries(project, queries: Sequence[str], router: Router | None = None) -> list[Route]:
+    router = router if router is not None else project.router
+    if router is None:
+        return [Route(None, 0.0, {}, True, "no_router") for _ in queries]
+    return router.route_vectors(project.embedder.embed(list(queries)))

@@ -223,6 +223,7 @@ def example_project(tmp: Path):
 
     root = Path(tmp) / "insurance"
     shutil.copytree(REPO / "examples/insurance/docs", root / "docs")
+    shutil.copytree(REPO / "examples/insurance/routing", root / "routing")
     shutil.copy(REPO / "examples/insurance/loradex.yaml", root / "loradex.yaml")
     proj = open_project(root)
     ingest(proj)

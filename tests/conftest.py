@@ -28,6 +28,7 @@ def copy_example(root: Path) -> Path:
     """A private copy of examples/insurance (documents and config, no index) under `root`."""
     example = REPO / "examples" / "insurance"
     shutil.copytree(example / "docs", root / "docs")
+    shutil.copytree(example / "routing", root / "routing")
     shutil.copy(example / "loradex.yaml", root / "loradex.yaml")
     return root
 

@@ -21,6 +21,7 @@ from .embed import EmbedderNotFound
 from .ingest.ingest import ingest as run_ingest
 from .project import init_project, open_project
 from .retrieve import search as run_search
+from .route import RouterError
 from .store import StoreError
 from .types import Filters
 
@@ -38,7 +39,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 ProjectOpt = typer.Option(Path("."), "--project", "-p", help="Project folder (holds loradex.yaml).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 EXIT_SKIPPED = 3
-_KNOWN_ERRORS = (ConfigError, EmbedderNotFound, StoreError, DataError, AdapterError, ValueError, FileNotFoundError)
+_KNOWN_ERRORS = (ConfigError, EmbedderNotFound, StoreError, DataError, AdapterError, RouterError, ValueError,
+                 FileNotFoundError)
 
 
 def _fail(e: Exception) -> None:
@@ -129,25 +131,73 @@ def search(query: str = typer.Argument(..., help="What to look for."),
 
 
 @app.command()
+def route(query: Optional[str] = typer.Argument(None, help="The query to route."),
+          file: Optional[Path] = typer.Option(None, "--file", help="Route one query a line (models load once)."),
+          fit: bool = typer.Option(False, "--fit", help="Refit the router from the domains' examples and save it."),
+          project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Which domain a query goes to, every domain's calibrated score, and whether the router abstains."""
+    from .route import fit_project_router, route_queries
+
+    proj = _open(project)
+    try:
+        if fit:
+            router = fit_project_router(proj)
+            info = {"domains": router.domains, "method": router.method, "examples": router.meta["examples"],
+                    "calibration_examples": router.meta["calibration_examples"],
+                    "calibration_accuracy": router.meta["calibration_accuracy"],
+                    "temperature": router.temperature, "sim_thresholds": router.sim_thresholds}
+            if as_json:
+                _emit(info)
+            else:
+                out.print(f"router fitted ({router.method}) on {info['examples']} examples of {len(router.domains)} "
+                          f"domains; held-out accuracy {info['calibration_accuracy']:.2f} "
+                          f"on {info['calibration_examples']}", highlight=False)
+            if query is None and file is None:
+                return
+        if (query is None) == (file is None):
+            raise ValueError("give a query, or --file QUERIES.txt (one a line), or --fit")
+        queries = [query] if file is None else [q.strip() for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
+        routes = route_queries(proj, queries)
+    except _KNOWN_ERRORS as e:
+        _fail(e)
+    for q, r in zip(queries, routes):
+        row = {"query": q, **r.to_dict()}
+        if as_json:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            continue
+        verdict = f"[yellow]abstained ({r.reason}), best {r.best}[/]" if r.abstained else f"[bold]{r.domain}[/]"
+        scores = "  ".join(f"{d} {s:.2f}" for d, s in sorted(r.scores.items(), key=lambda x: -x[1]))
+        out.print(f"{verdict}  [dim]{scores}[/]  {q if file else ''}", highlight=False)
+
+
+@app.command()
 def ask(question: str = typer.Argument(..., help="The question."),
-        domain: Optional[str] = typer.Option(None, help="Only documents of this domain."),
+        domain: Optional[str] = typer.Option(None, help="The question's domain (skips the router)."),
         k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages given as sources (default: answer.k)."),
         stream: bool = typer.Option(False, "--stream", help="Print the answer as it is generated."),
+        no_route: bool = typer.Option(False, "--no-route", help="Skip the router: base model, all sources."),
+        no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model (RAG only)."),
+        no_retrieval: bool = typer.Option(False, "--no-retrieval", help="No sources (adapter only)."),
         project: Path = ProjectOpt, as_json: bool = JsonOpt):
-    """Answer from the indexed documents with numbered citations, each checked against its passage."""
+    """Route, retrieve from the domain's sources, answer with its adapter, and check every citation."""
     from .pipeline import answer as run_answer
 
     proj = _open(project)
     _check_domain(proj, domain)
     on_token = (lambda piece: out.print(piece, end="", highlight=False, markup=False)) if stream and not as_json else None
     try:
-        result = run_answer(proj, question, k=k, domain=domain, on_token=on_token)
+        result = run_answer(proj, question, k=k, domain=domain, on_token=on_token, route=not no_route,
+                            use_adapter=not no_adapter, retrieval=not no_retrieval)
     except _KNOWN_ERRORS as e:
         _fail(e)
     if as_json:
         _emit(result.to_dict())
         return
     out.print() if on_token else out.print(result.answer, highlight=False, markup=False)
+    r = result.route
+    how = (f"route: [bold]{r['domain']}[/] ({r['reason'] or 'router'}, score {r['score']:.2f})" if r["domain"] else
+           f"route: [yellow]none ({r['reason']}{', best ' + r['best'] if r.get('best') else ''})[/], base model, all sources")
+    out.print(f"[dim]{how}; adapter: {result.adapter or 'none (base model)'}[/]", highlight=False)
     _print_sources(result)
 
 

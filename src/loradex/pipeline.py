@@ -1,18 +1,27 @@
-"""answer(): the one orchestrator. Retrieve, decide whether to abstain, prompt, generate, verify citations.
+"""answer(): the one orchestrator. Route, retrieve, decide whether to abstain, prompt, generate with the
+domain's adapter, verify citations.
 
-Abstention happens before generation: when no retrieved passage is similar enough to the question,
-the answer says the documents do not cover it and the model is not asked to invent one.
+Routing: an explicit domain skips the router; otherwise the router picks a domain or abstains, and an
+abstained query goes to the bare base model with retrieval over every source. A chosen domain limits
+retrieval to its documents (when it has any) and puts its active adapter on the base model; the adapter
+folder is validated (hash, base, shapes) before it is first loaded, and it is addressed by its version,
+so activating or rolling back takes effect on the next request.
+
+Abstention on evidence happens before generation: when no retrieved passage is similar enough to the
+question, the answer says the documents do not cover it and the model is not asked to invent one.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .cite import verify
 from .engine import GenerationRequest
-from .prompt import NO_SOURCES, build_messages
+from .prompt import NO_SOURCES, build_messages, system_message
 from .retrieve import search
+from .route import Route, route_queries
 from .types import Filters, Hit
 
 _NOT_COVERED = ("do not cover", "does not cover", "don't cover", "not covered by the documents")
@@ -28,6 +37,8 @@ class Answer:
     flagged: list[dict] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)
+    route: dict = field(default_factory=dict)  # domain, score, scores, abstained, reason, best
+    adapter: str | None = None  # name@sha256:version that generated the answer, None for the base model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,46 +64,105 @@ def _citations(verification, hits: list[Hit]) -> list[dict]:
     return list(out.values())
 
 
+def choose_route(project, question: str, domain: str | None = None, route: bool = True) -> Route:
+    if domain is not None:
+        return Route(domain, 1.0, {domain: 1.0}, False, "explicit", domain)
+    if not route:
+        return Route(None, 0.0, {}, True, "not_routed")
+    return route_queries(project, [question])[0]
+
+
+def adapter_for(project, domain: str | None):
+    """The domain's active adapter, validated and loaded on the engine; None when it has none."""
+    if domain is None:
+        return None
+    registry = project.registry
+    ref = registry.active(domain)
+    if ref is None:
+        return None
+    engine = project.engine
+    if ref.label not in getattr(engine, "loaded_adapters", lambda: [])():
+        from .adapters.registry import validate
+
+        validate(ref.path, registry.base, registry.base_shapes)  # refused before it ever serves
+    engine.load_adapter(ref.label, ref.path)
+    return ref
+
+
 def answer(project, question: str, *, k: int | None = None, domain: str | None = None,
-           filters: Filters | None = None, on_token: Callable[[str], None] | None = None) -> Answer:
-    """Answer `question` from the project's documents with verified citations."""
+           filters: Filters | None = None, on_token: Callable[[str], None] | None = None,
+           route: bool = True, use_adapter: bool = True, retrieval: bool = True) -> Answer:
+    """Answer `question` from the project's documents with verified citations, routed to a domain's adapter.
+
+    `domain` names the domain (no router); `route=False` skips routing (base model, all sources);
+    `use_adapter=False` is RAG only; `retrieval=False` is adapter only (no sources, no citations)."""
     cfg = project.config.answer
-    filters = filters or Filters(domain=domain)
+    t_route = time.perf_counter()
+    rt = choose_route(project, question, domain, route)
+    chosen = rt.domain
+    filters = filters or Filters()
+    if chosen and filters.domain is None and project.config.domains.get(chosen) and project.config.domains[chosen].paths:
+        filters = dataclasses.replace(filters, domain=chosen)
+    ref = adapter_for(project, chosen) if use_adapter else None
+    adapter = ref.label if ref else None
     t_load = time.perf_counter()
     project.embedder, project.store  # loading models is not retrieval time: load before the clock starts
     t0 = time.perf_counter()
+    if not retrieval:
+        return _closed_book(project, question, rt, adapter, on_token,
+                            {"route": (t_load - t_route) * 1000, "load": (t0 - t_load) * 1000, "retrieve": 0.0})
     hits = search(project.store, project.embedder, question, project.config.retrieval, k=k or cfg.k, filters=filters)
     t1 = time.perf_counter()
-    timings = {"load": (t0 - t_load) * 1000, "retrieve": (t1 - t0) * 1000, "generate": 0.0, "verify": 0.0}
+    timings = {"route": (t_load - t_route) * 1000, "load": (t0 - t_load) * 1000, "retrieve": (t1 - t0) * 1000,
+               "generate": 0.0, "verify": 0.0}
     best = max((h.dense_score or 0.0 for h in hits), default=0.0)
     sources = [_source(n, h) for n, h in enumerate(hits, start=1)]
     if best < cfg.min_dense_score:
         if on_token:
             on_token(NO_SOURCES)
-        return Answer(question, NO_SOURCES, [], sources, True, [], timings, {"best_dense_score": best})
+        return Answer(question, NO_SOURCES, [], sources, True, [], timings, {"best_dense_score": best},
+                      rt.to_dict(), adapter)
     request = GenerationRequest(tuple(build_messages(question, hits, project.config.name)), cfg.max_new_tokens,
-                                ("<|im_end|>", "\nQuestion:"), cfg.temperature)
+                                ("<|im_end|>", "\nQuestion:"), cfg.temperature, adapter)
     usage: dict = {"best_dense_score": best}
     t_engine = time.perf_counter()
     engine = project.engine  # the first call loads the base model: counted as load, not generation
     t1 = time.perf_counter()
     timings["load"] += (t1 - t_engine) * 1000
-    if on_token:
-        pieces = []
-        for piece in engine.stream(request):
-            pieces.append(piece)
-            on_token(piece)
-        text = "".join(pieces).strip()
-    else:
-        gen = engine.generate([request])[0]
-        text = gen.text
-        timings.update(prompt=gen.timings_ms.get("prompt", 0.0))
-        usage.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                     finish_reason=gen.finish_reason)
+    text = _generate(engine, request, on_token, timings, usage)
     t2 = time.perf_counter()
     verification = verify(text, [h.chunk.text for h in hits], attribute=cfg.attribute)
     t3 = time.perf_counter()
     timings.update(generate=(t2 - t1) * 1000, verify=(t3 - t2) * 1000)
     abstained = any(p in text.lower() for p in _NOT_COVERED) and not verification.checks
     return Answer(question, verification.text, _citations(verification, hits), sources, abstained,
-                  verification.flagged, timings, usage)
+                  verification.flagged, timings, usage, rt.to_dict(), adapter)
+
+
+def _generate(engine, request: GenerationRequest, on_token, timings: dict, usage: dict) -> str:
+    if on_token:
+        pieces = []
+        for piece in engine.stream(request):
+            pieces.append(piece)
+            on_token(piece)
+        return "".join(pieces).strip()
+    gen = engine.generate([request])[0]
+    timings.update(prompt=gen.timings_ms.get("prompt", 0.0))
+    usage.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                 finish_reason=gen.finish_reason)
+    return gen.text
+
+
+def _closed_book(project, question: str, rt: Route, adapter: str | None, on_token, timings: dict) -> Answer:
+    """Adapter only: the question under the serving system message, no sources, nothing to cite."""
+    cfg = project.config.answer
+    messages = ({"role": "system", "content": system_message(project.config.name)}, {"role": "user", "content": question})
+    request = GenerationRequest(messages, cfg.max_new_tokens, ("<|im_end|>",), cfg.temperature, adapter)
+    t1 = time.perf_counter()
+    engine = project.engine
+    t2 = time.perf_counter()
+    timings["load"] += (t2 - t1) * 1000
+    usage: dict = {}
+    text = _generate(engine, request, on_token, timings, usage)
+    timings.update(generate=(time.perf_counter() - t2) * 1000, verify=0.0)
+    return Answer(question, text, [], [], False, [], timings, usage, rt.to_dict(), adapter)

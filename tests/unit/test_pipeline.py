@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from loradex.cli import app
@@ -81,3 +82,97 @@ def test_uncited_supported_answer_gets_an_added_citation(project_dir):
     a = answer(proj, "When must theft be reported to the police?")
     assert a.answer == "Call the police within 24 hours. [1]"
     assert a.citations[0]["verified"] and a.citations[0]["added"]
+
+
+ROUTED = """
+domains:
+  claims:
+    paths: ["docs/claims/**"]
+    examples: ["report a theft to the police", "my bike was stolen", "burst pipe damage claim",
+               "how do I report a claim", "claim for storm damage", "police report for stolen car"]
+  policy:
+    paths: ["docs/policy/**"]
+    examples: ["what excess does comprehensive cover have", "is my motor policy comprehensive",
+               "excess on motor cover", "what does the policy cover", "comprehensive motor excess amount"]
+  billing:
+    paths: ["docs/billing/**"]
+    examples: ["pay my premium by direct debit", "monthly premiums payment", "how are premiums collected",
+               "change my payment method", "direct debit date for premiums"]
+engine: echo
+answer: {min_dense_score: 0.0, attribute: false}
+"""
+
+
+@pytest.fixture
+def routed(project_dir, tmp_path):
+    from loradex.testing import build_random_adapter, build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "model")
+    proj = open_project(project_dir(DOCS, ROUTED + f"model: {model}\n"))
+    ingest(proj)
+    engine = EchoEngine()
+    proj.__dict__["engine"] = engine
+    refs = []
+    for seed in (0, 1):
+        folder = build_random_adapter(model, tmp_path / f"a{seed}", seed=seed)
+        refs.append(proj.registry.register(folder, "claims", {"hyperparameters": {}, "metrics": {}}))
+    proj.registry.activate("claims", refs[0].version)
+    return proj, engine, refs
+
+
+def test_routed_answer_uses_the_domains_adapter_and_sources(routed):
+    proj, engine, refs = routed
+    a = answer(proj, "my car was stolen, do I report the theft to the police?")
+    assert a.route["domain"] == "claims" and not a.route["abstained"] and a.route["reason"] == ""
+    assert a.adapter == refs[0].label and engine.served[-1] == refs[0].label
+    assert a.sources and all(s["file"].startswith("docs/claims/") for s in a.sources)
+    b = answer(proj, "how are monthly premiums collected", route=True)
+    assert b.route["domain"] == "billing" and b.adapter is None and engine.served[-1] is None
+
+
+def test_activation_and_rollback_take_effect_on_the_next_request(routed):
+    proj, engine, refs = routed
+    q = "police report for a stolen bike"
+    assert answer(proj, q).adapter == refs[0].label
+    proj.registry.activate("claims", refs[1].version)
+    assert answer(proj, q).adapter == refs[1].label and engine.served[-1] == refs[1].label
+    proj.registry.rollback("claims")
+    assert answer(proj, q).adapter == refs[0].label
+
+
+def test_off_topic_abstains_to_the_base_model_over_all_sources(routed):
+    proj, engine, _ = routed
+    a = answer(proj, "sourdough bread recipe with rye flour")
+    assert a.route["abstained"] and a.route["domain"] is None and a.adapter is None
+    assert engine.served[-1] is None or a.abstained  # base model, or no generation at all
+    e = answer(proj, "sourdough bread", domain="billing")
+    assert e.route == {**e.route, "domain": "billing", "reason": "explicit", "abstained": False}
+
+
+def test_tampered_adapter_is_refused_before_it_serves(routed):
+    from loradex.adapters.registry import AdapterError
+
+    proj, engine, refs = routed
+    weights = refs[0].path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(AdapterError, match="hash"):
+        answer(proj, "police report for a stolen bike")
+    assert refs[0].label not in engine.loaded_adapters()
+
+
+def test_adapter_only_and_rag_only_modes(routed):
+    proj, engine, refs = routed
+    a = answer(proj, "police report for a stolen bike", retrieval=False)
+    assert a.adapter == refs[0].label and a.sources == [] and a.citations == []
+    b = answer(proj, "police report for a stolen bike", use_adapter=False)
+    assert b.adapter is None and b.route["domain"] == "claims" and b.sources
+
+
+def test_cli_ask_json_has_route_and_adapter(routed):
+    proj, _, refs = routed
+    r = CliRunner().invoke(app, ["ask", "police report for a stolen bike", "-p", str(proj.root), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["route"]["domain"] == "claims" and out["adapter"] == refs[0].label
+    r = CliRunner().invoke(app, ["ask", "police report for a stolen bike", "-p", str(proj.root), "--no-route"])
+    assert r.exit_code == 0 and "base model" in r.stdout

@@ -155,6 +155,12 @@ class Registry:
                                "`loradex adapters list` shows them")
         return AdapterRef(domain, matches[0], d / matches[0])
 
+    def active(self, domain: str) -> AdapterRef | None:
+        """The active version of `domain`'s adapter, or None when it has none."""
+        if self._pointer(domain)["version"] is None:
+            return None
+        return self.resolve(domain)
+
     def manifest(self, ref: AdapterRef) -> dict:
         return json.loads((ref.path / "manifest.json").read_text())
 

@@ -20,6 +20,16 @@ class EchoEngine:
     def __init__(self, reply: str | None = None):
         self.reply = reply  # a fixed reply, for tests of what happens to a given answer
         self.calls = 0
+        self.adapters: dict[str, str] = {}  # name -> folder, as loaded (the echo answer ignores them)
+        self.served: list[str | None] = []  # the adapter of every request generated, in order
+
+    def load_adapter(self, name: str, path) -> bool:
+        fresh = self.adapters.get(name) != str(path)
+        self.adapters[name] = str(path)
+        return fresh
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self.adapters)
 
     def _answer(self, request: GenerationRequest) -> str:
         if self.reply is not None:
@@ -34,6 +44,9 @@ class EchoEngine:
         self.calls += 1
         out = []
         for r in requests:
+            if r.adapter is not None and r.adapter not in self.adapters:
+                raise ValueError(f"adapter {r.adapter!r} is not loaded")
+            self.served.append(r.adapter)
             words = self._answer(r).split(" ")
             text, stopped = cut_at_stop(" ".join(words[: r.max_new_tokens]), r.stop)
             reason = "stop" if stopped or len(words) <= r.max_new_tokens else "length"

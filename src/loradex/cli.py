@@ -398,7 +398,15 @@ def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder
                     project: Path = ProjectOpt, as_json: bool = JsonOpt):
     """Validate and register an adapter trained elsewhere (safetensors only, same base model)."""
     reg = _registry(project)
-    ref = _adapter_call(reg.register, path, domain, {"imported_from": str(path.resolve())})
+    manifest = {}
+    if (path / "manifest.json").is_file():  # a loradex export: keep its training record (hashes are recomputed)
+        try:
+            manifest = {k: v for k, v in json.loads((path / "manifest.json").read_text()).items()
+                        if k in ("hyperparameters", "metrics", "training_data_sha256", "chat_template_sha256",
+                                 "system_message_sha256", "created_at")}
+        except (OSError, ValueError) as e:
+            _fail(AdapterError(f"{path / 'manifest.json'}: unreadable ({e})"))
+    ref = _adapter_call(reg.register, path, domain, {**manifest, "imported_from": str(path.resolve())})
     if activate:
         _adapter_call(reg.activate, domain, ref.version)
     _emit({"imported": ref.label, "active": activate}) if as_json else out.print(f"imported {ref.label}")

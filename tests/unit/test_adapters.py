@@ -177,6 +177,13 @@ def test_cli_train_list_activate_rollback(project):
     rows = json.loads(runner.invoke(app, ["adapters", "list", "-p", p, "--json"]).stdout)
     assert rows[0]["active"] and rows[0]["label"] == label
     assert json.loads(runner.invoke(app, ["adapters", "rollback", "claims", "-p", p, "--json"]).stdout) == {"active": None}
+    # a registered version copied out and imported into another domain keeps its training record
+    r = runner.invoke(app, ["adapters", "import", str(project.registry.resolve("claims", version).path), "--domain",
+                            "billing", "--activate", "-p", p, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"imported": f"billing@sha256:{version[:12]}", "active": True}
+    ref = project.registry.resolve("billing")
+    manifest = project.registry.manifest(ref)
+    assert manifest["metrics"]["steps"] == 2 and manifest["hyperparameters"]["rank"] == 8 and manifest["imported_from"]
     r = runner.invoke(app, ["adapters", "activate", "claims", "ffff", "-p", p])
     assert r.exit_code == 1 and "no adapter version" in r.stderr
     bad = project.root / "bad.jsonl"

@@ -21,8 +21,12 @@ demo: setup
 	$(LDX) ingest -p $(DEMO)
 	$(LDX) docs list -p $(DEMO)
 	$(LDX) search -p $(DEMO) "How many days do I have to report a burst pipe?" -k 3
-	$(LDX) ask -p $(DEMO) "What is the grace period for a missed payment?" --domain billing
-	$(LDX) ask -p $(DEMO) "How do I report a claim by phone?" --domain claims --stream
+	for d in claims policy billing; do $(LDX) adapters import $(DEMO)/adapters/$$d --domain $$d --activate -p $(DEMO) || exit 1; done
+	$(LDX) adapters list -p $(DEMO)
+	$(LDX) route -p $(DEMO) --file $(DEMO)/demo-questions.txt
+	$(LDX) ask -p $(DEMO) "My bike was stolen from my garden shed last night. What should I do?"
+	$(LDX) ask -p $(DEMO) "Does my home insurance cover damage from a burst pipe?"
+	$(LDX) ask -p $(DEMO) "Can I change the day my monthly premium is collected?" --stream
 	$(LDX) ask -p $(DEMO) "Who won the football world cup in 1998?"
 
 test: setup
@@ -36,6 +40,10 @@ bench: setup
 	$(PY) benchmarks/throughput_latency.py
 	$(PY) benchmarks/answer_latency.py
 	$(PY) benchmarks/pubmedqa_citations.py
+	$(PY) benchmarks/routing_clinc150.py
+	$(PY) benchmarks/multi_adapter.py
+	$(PY) benchmarks/adapter_effect.py
+	$(PY) benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)/.loradex

@@ -41,15 +41,26 @@ def load_clinc() -> tuple[dict, dict[str, str]]:
 
 
 def embed_all(embedder, texts: list[str], label: str) -> np.ndarray:
+    """Embeddings of `texts`, cached under $LORADEX_CACHE (or ~/.cache/loradex)/bench by content hash."""
+    import hashlib
+    import os
+
     from _common import progress_bar
 
+    key = hashlib.sha256(json.dumps([embedder.name, texts]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("LORADEX_CACHE", Path.home() / ".cache" / "loradex")) / "bench" / f"{label}-{key}.npy"
+    if cache.is_file():
+        return np.load(cache)
     out = []
     with progress_bar() as bar:
         task = bar.add_task(f"embedding {label}", total=len(texts))
         for s in range(0, len(texts), 256):
             out.append(embedder.embed(texts[s : s + 256]))
             bar.advance(task, min(256, len(texts) - s))
-    return np.concatenate(out)
+    vecs = np.concatenate(out)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vecs)
+    return vecs
 
 
 def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -92,6 +103,52 @@ def baseline(train_x, train_y, val_x, val_y, q, target_recall: float, domains: l
     best = [domains[train_y[i]] for i in idx]
     pred = [b if s >= threshold else None for b, s in zip(best, top)]
     return pred, best, top.astype(float), threshold
+
+
+def sweep(train_x, train_labels, val_x, val_labels, q, truth, n_oos, domains) -> dict:
+    """In-scope accuracy against out-of-scope recall as the abstention threshold moves: one curve per router."""
+    y = np.array([domains.index(d) for d in train_labels])
+    vy = np.array([domains.index(d) for d in val_labels])
+    curves: dict[str, list] = {"nearest example, global threshold (baseline)": []}
+    targets = (0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
+    for t in targets:
+        pred, best, conf, _ = baseline(train_x, y, val_x, vy, q, t, domains)
+        m = score(pred, best, conf, truth, n_oos, domains)
+        curves["nearest example, global threshold (baseline)"].append((t, m["in_scope_accuracy"], m["oos_recall"]))
+    for method in ("linear", "nearest"):
+        for min_p in (0.0, 0.5):
+            name = f"loradex {method}, min probability {min_p}"
+            curves[name] = []
+            for t in targets:
+                r = Router.fit(train_x, train_labels, method=method, target_recall=t, min_probability=min_p,
+                               calibration=(val_x, val_labels))
+                routes = r.route_vectors(q)
+                m = score([x.domain for x in routes], [x.best for x in routes], np.array([x.score for x in routes]),
+                          truth, n_oos, domains)
+                curves[name].append((t, m["in_scope_accuracy"], m["oos_recall"]))
+    return curves
+
+
+def plot(curves_by_setting: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves_by_setting), figsize=(6 * len(curves_by_setting), 4.2), dpi=100)
+    for ax, (setting, curves) in zip(np.atleast_1d(axes), curves_by_setting.items()):
+        for name, pts in curves.items():
+            style = "k--o" if "baseline" in name else "-o"
+            ax.plot([p[2] for p in pts], [p[1] for p in pts], style, label=name, markersize=3, linewidth=1)
+        ax.set_xlabel("out-of-scope recall (abstained on oos_test)")
+        ax.set_ylabel("in-scope accuracy (right domain, not abstained)")
+        ax.set_title(setting, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("CLINC150 routing: each point is one threshold (target in-domain recall 0.6 ... 1.0)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def run(setting: str, train_x, train_labels, val_x, val_labels, q, truth, n_oos, domains, args) -> list[dict]:
@@ -139,13 +196,16 @@ def main() -> None:
     embed_s = time.perf_counter() - t0
     q = np.concatenate([vec["test"], oos_x])
     truth = split["test"][1]
-    rows = run("full train (1,500 a domain)", vec["train"], split["train"][1], vec["val"], split["val"][1],
-               q, truth, len(oos), domains, args)
     rng = np.random.default_rng(args.seed)
     labels = np.array(split["train"][1])
     few = np.concatenate([rng.choice(np.flatnonzero(labels == d), args.few_shot, replace=False) for d in domains])
-    rows += run(f"few-shot ({args.few_shot} a domain, seed {args.seed})", vec["train"][few], list(labels[few]),
-                vec["val"], split["val"][1], q, truth, len(oos), domains, args)
+    settings = {"full train (1,500 a domain)": (vec["train"], split["train"][1]),
+                f"few-shot ({args.few_shot} a domain, seed {args.seed})": (vec["train"][few], list(labels[few]))}
+    rows, curves = [], {}
+    for name, (tx, ty) in settings.items():
+        rows += run(name, tx, ty, vec["val"], split["val"][1], q, truth, len(oos), domains, args)
+        curves[name] = sweep(tx, ty, vec["val"], split["val"][1], q, truth, len(oos), domains)
+    plot(curves, RESULTS / "routing_clinc150.png")
 
     # latency: one query at a time, the embedding and the router separately
     router = Router.fit(vec["train"], split["train"][1], method="linear", calibration=(vec["val"], split["val"][1]))
@@ -170,6 +230,8 @@ def main() -> None:
     payload = {"benchmark": "routing_clinc150", "date": now_iso(), "embedder": "all-minilm-l6-v2",
                "settings": vars(args), "test_in_scope": len(truth), "test_out_of_scope": len(oos),
                "embedding_seconds_all_splits": round(embed_s, 1), "results": rows, "latency": latency,
+               "tradeoff_curves": {k: {n: [{"target_recall": a, "in_scope_accuracy": b, "oos_recall": c} for a, b, c in pts]
+                                       for n, pts in v.items()} for k, v in curves.items()},
                "load": monitor.report(), "machine": machine_info()}
     write_json(RESULTS / "routing_clinc150.json", payload)
     if args.json:

@@ -391,6 +391,20 @@ def adapters_rm(domain: str, version: str, project: Path = ProjectOpt, as_json: 
     _emit({"removed": ref.label}) if as_json else out.print(f"removed {ref.label}")
 
 
+@adapters_app.command("export")
+def adapters_export(domain: str, dest: Path = typer.Argument(..., help="Folder to write (must not exist)."),
+                    version: Optional[str] = typer.Option(None, help="Hash prefix (default: the active version)."),
+                    project: Path = ProjectOpt, as_json: bool = JsonOpt):
+    """Copy a version out as a plain PEFT folder with its manifest (for another project, PEFT or vLLM)."""
+    import shutil
+
+    ref = _adapter_call(_registry(project).resolve, domain, version)
+    if dest.exists():
+        _fail(ValueError(f"{dest} exists; give a new folder"))
+    shutil.copytree(ref.path, dest)
+    _emit({"exported": ref.label, "path": str(dest)}) if as_json else out.print(f"exported {ref.label} to {dest}")
+
+
 @adapters_app.command("import")
 def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder."),
                     domain: str = typer.Option(..., "--domain", help="Register it under this domain."),

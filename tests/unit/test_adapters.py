@@ -177,9 +177,12 @@ def test_cli_train_list_activate_rollback(project):
     rows = json.loads(runner.invoke(app, ["adapters", "list", "-p", p, "--json"]).stdout)
     assert rows[0]["active"] and rows[0]["label"] == label
     assert json.loads(runner.invoke(app, ["adapters", "rollback", "claims", "-p", p, "--json"]).stdout) == {"active": None}
-    # a registered version copied out and imported into another domain keeps its training record
-    r = runner.invoke(app, ["adapters", "import", str(project.registry.resolve("claims", version).path), "--domain",
-                            "billing", "--activate", "-p", p, "--json"])
+    # a version exported and imported into another domain keeps its training record
+    out = project.root / "exported"
+    r = runner.invoke(app, ["adapters", "export", "claims", str(out), "--version", version[:8], "-p", p, "--json"])
+    assert r.exit_code == 0 and (out / "adapter_model.safetensors").is_file() and (out / "manifest.json").is_file()
+    assert runner.invoke(app, ["adapters", "export", "claims", str(out), "--version", version, "-p", p]).exit_code == 1
+    r = runner.invoke(app, ["adapters", "import", str(out), "--domain", "billing", "--activate", "-p", p, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout) == {"imported": f"billing@sha256:{version[:12]}", "active": True}
     ref = project.registry.resolve("billing")
     manifest = project.registry.manifest(ref)

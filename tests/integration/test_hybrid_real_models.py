@@ -1,0 +1,72 @@
+"""The hybrid pipeline on the example project with the packaged models: route -> domain sources -> the
+domain's adapter (the three shipped in examples/insurance/adapters, trained by loradex) -> verified citations."""
+import json
+import re
+
+import pytest
+
+from loradex.engine import GenerationRequest
+from loradex.ingest.ingest import ingest
+from loradex.pipeline import answer
+from loradex.project import open_project
+from loradex.route import route_queries
+
+from ..conftest import REPO, copy_example
+
+pytestmark = pytest.mark.slow
+ADAPTERS = REPO / "examples/insurance/adapters"
+LAYOUT = {"claims": re.compile(r"^Summary: .+\nSteps:\n", re.S), "policy": re.compile(r"^Covered: (YES|NO|PARTLY)\n"),
+          "billing": re.compile(r"\n1\. .+\nFee: ", re.S)}
+OFF_TOPIC = ["Who won the football world cup in 1998?", "Give me a recipe for banana bread.",
+             "What is the capital of Australia?"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_example(tmp_path_factory.mktemp("hybrid") / "insurance")
+    proj = open_project(root)
+    ingest(proj)
+    for domain in ("claims", "policy", "billing"):
+        ref = proj.registry.register(ADAPTERS / domain, domain, {"imported_from": "examples"})
+        proj.registry.activate(domain, ref.version)
+    return proj
+
+
+def test_router_on_the_example_questions_and_off_topic(project):
+    rows = [json.loads(line) for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]
+    routes = route_queries(project, [r["question"] for r in rows])
+    right = sum(r.domain == row["domain"] for r, row in zip(routes, rows))
+    wrong = sum(r.domain is not None and r.domain != row["domain"] for r, row in zip(routes, rows))
+    assert right >= 0.7 * len(rows) and wrong <= 0.1 * len(rows), [(r.domain, row["domain"]) for r, row in zip(routes, rows)]
+    off = route_queries(project, OFF_TOPIC)
+    assert all(r.abstained and r.domain is None for r in off), [r.to_dict() for r in off]
+
+
+@pytest.mark.parametrize("domain,question", [
+    ("claims", "My bike was stolen from my garden shed last night. What should I do?"),
+    ("policy", "Does my home insurance cover damage from a burst pipe?"),
+    ("billing", "Can I change the day my monthly premium is collected?"),
+])
+def test_each_domain_answers_with_its_adapter_and_layout(project, domain, question):
+    a = answer(project, question)
+    assert a.route["domain"] == domain and a.adapter and a.adapter.startswith(f"{domain}@sha256:")
+    assert LAYOUT[domain].search(a.answer), a.answer
+    assert all(s["file"].startswith(f"docs/{domain}/") or "glossary" in s["file"] for s in a.sources)
+
+
+def test_off_topic_goes_to_the_base_model(project):
+    a = answer(project, OFF_TOPIC[0])
+    assert a.route["abstained"] and a.adapter is None
+
+
+def test_mixed_batch_of_real_adapters_equals_each_alone(project):
+    engine = project.engine
+    refs = [project.registry.active(d) for d in ("claims", "policy", "billing")]
+    for ref in refs:
+        engine.load_adapter(ref.label, ref.path)
+    msgs = ({"role": "user", "content": "My car was hit in a car park. Am I covered and what do I pay?"},)
+    reqs = [GenerationRequest(msgs, 24, adapter=a) for a in (None, *[r.label for r in refs])]
+    mixed = engine.generate(reqs)
+    alone = [engine.generate([r])[0] for r in reqs]
+    assert [g.text for g in mixed] == [g.text for g in alone]
+    assert len({g.text for g in mixed}) == 4  # base and three adapters really differ

@@ -89,13 +89,25 @@ def adapter_for(project, domain: str | None):
     return ref
 
 
-def answer(project, question: str, *, k: int | None = None, domain: str | None = None,
-           filters: Filters | None = None, on_token: Callable[[str], None] | None = None,
-           route: bool = True, use_adapter: bool = True, retrieval: bool = True) -> Answer:
-    """Answer `question` from the project's documents with verified citations, routed to a domain's adapter.
+@dataclass
+class Prepared:
+    """Everything before generation: the route, the adapter, the sources and the request for the engine.
+    `done` is set when the answer needs no model call (no passage close enough)."""
+    question: str
+    route: Route
+    adapter: str | None
+    hits: list[Hit]
+    sources: list[dict]
+    request: GenerationRequest | None
+    done: Answer | None
+    timings: dict
+    usage: dict
 
-    `domain` names the domain (no router); `route=False` skips routing (base model, all sources);
-    `use_adapter=False` is RAG only; `retrieval=False` is adapter only (no sources, no citations)."""
+
+def prepare(project, question: str, *, k: int | None = None, domain: str | None = None,
+            filters: Filters | None = None, route: bool = True, use_adapter: bool = True,
+            retrieval: bool = True) -> Prepared:
+    """Route, load the domain's adapter, retrieve, and build the generation request (no generation)."""
     cfg = project.config.answer
     t_route = time.perf_counter()
     rt = choose_route(project, question, domain, route)
@@ -108,35 +120,58 @@ def answer(project, question: str, *, k: int | None = None, domain: str | None =
     t_load = time.perf_counter()
     project.embedder, project.store  # loading models is not retrieval time: load before the clock starts
     t0 = time.perf_counter()
-    if not retrieval:
-        return _closed_book(project, question, rt, adapter, on_token,
-                            {"route": (t_load - t_route) * 1000, "load": (t0 - t_load) * 1000, "retrieve": 0.0})
-    hits = search(project.store, project.embedder, question, project.config.retrieval, k=k or cfg.k, filters=filters)
-    t1 = time.perf_counter()
-    timings = {"route": (t_load - t_route) * 1000, "load": (t0 - t_load) * 1000, "retrieve": (t1 - t0) * 1000,
+    timings = {"route": (t_load - t_route) * 1000, "load": (t0 - t_load) * 1000, "retrieve": 0.0,
                "generate": 0.0, "verify": 0.0}
+    if not retrieval:  # adapter only: the question under the serving system message, nothing to cite
+        messages = ({"role": "system", "content": system_message(project.config.name)},
+                    {"role": "user", "content": question})
+        request = GenerationRequest(messages, cfg.max_new_tokens, ("<|im_end|>",), cfg.temperature, adapter)
+        return Prepared(question, rt, adapter, [], [], request, None, timings, {})
+    hits = search(project.store, project.embedder, question, project.config.retrieval, k=k or cfg.k, filters=filters)
+    timings["retrieve"] = (time.perf_counter() - t0) * 1000
     best = max((h.dense_score or 0.0 for h in hits), default=0.0)
     sources = [_source(n, h) for n, h in enumerate(hits, start=1)]
+    usage: dict = {"best_dense_score": best}
     if best < cfg.min_dense_score:
-        if on_token:
-            on_token(NO_SOURCES)
-        return Answer(question, NO_SOURCES, [], sources, True, [], timings, {"best_dense_score": best},
-                      rt.to_dict(), adapter)
+        done = Answer(question, NO_SOURCES, [], sources, True, [], timings, usage, rt.to_dict(), adapter)
+        return Prepared(question, rt, adapter, hits, sources, None, done, timings, usage)
     request = GenerationRequest(tuple(build_messages(question, hits, project.config.name)), cfg.max_new_tokens,
                                 ("<|im_end|>", "\nQuestion:"), cfg.temperature, adapter)
-    usage: dict = {"best_dense_score": best}
+    return Prepared(question, rt, adapter, hits, sources, request, None, timings, usage)
+
+
+def finish(project, p: Prepared, text: str, generate_ms: float = 0.0) -> Answer:
+    """Verify the generated text's citations against the prepared sources and build the answer."""
+    p.timings["generate"] = generate_ms
+    if not p.hits:
+        return Answer(p.question, text, [], [], False, [], p.timings, p.usage, p.route.to_dict(), p.adapter)
+    t0 = time.perf_counter()
+    verification = verify(text, [h.chunk.text for h in p.hits], attribute=project.config.answer.attribute)
+    p.timings["verify"] = (time.perf_counter() - t0) * 1000
+    abstained = any(x in text.lower() for x in _NOT_COVERED) and not verification.checks
+    return Answer(p.question, verification.text, _citations(verification, p.hits), p.sources, abstained,
+                  verification.flagged, p.timings, p.usage, p.route.to_dict(), p.adapter)
+
+
+def answer(project, question: str, *, k: int | None = None, domain: str | None = None,
+           filters: Filters | None = None, on_token: Callable[[str], None] | None = None,
+           route: bool = True, use_adapter: bool = True, retrieval: bool = True) -> Answer:
+    """Answer `question` from the project's documents with verified citations, routed to a domain's adapter.
+
+    `domain` names the domain (no router); `route=False` skips routing (base model, all sources);
+    `use_adapter=False` is RAG only; `retrieval=False` is adapter only (no sources, no citations)."""
+    p = prepare(project, question, k=k, domain=domain, filters=filters, route=route, use_adapter=use_adapter,
+                retrieval=retrieval)
+    if p.done is not None:
+        if on_token:
+            on_token(p.done.answer)
+        return p.done
     t_engine = time.perf_counter()
     engine = project.engine  # the first call loads the base model: counted as load, not generation
     t1 = time.perf_counter()
-    timings["load"] += (t1 - t_engine) * 1000
-    text = _generate(engine, request, on_token, timings, usage)
-    t2 = time.perf_counter()
-    verification = verify(text, [h.chunk.text for h in hits], attribute=cfg.attribute)
-    t3 = time.perf_counter()
-    timings.update(generate=(t2 - t1) * 1000, verify=(t3 - t2) * 1000)
-    abstained = any(p in text.lower() for p in _NOT_COVERED) and not verification.checks
-    return Answer(question, verification.text, _citations(verification, hits), sources, abstained,
-                  verification.flagged, timings, usage, rt.to_dict(), adapter)
+    p.timings["load"] += (t1 - t_engine) * 1000
+    text = _generate(engine, p.request, on_token, p.timings, p.usage)
+    return finish(project, p, text, (time.perf_counter() - t1) * 1000)
 
 
 def _generate(engine, request: GenerationRequest, on_token, timings: dict, usage: dict) -> str:
@@ -151,18 +186,3 @@ def _generate(engine, request: GenerationRequest, on_token, timings: dict, usage
     usage.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                  finish_reason=gen.finish_reason)
     return gen.text
-
-
-def _closed_book(project, question: str, rt: Route, adapter: str | None, on_token, timings: dict) -> Answer:
-    """Adapter only: the question under the serving system message, no sources, nothing to cite."""
-    cfg = project.config.answer
-    messages = ({"role": "system", "content": system_message(project.config.name)}, {"role": "user", "content": question})
-    request = GenerationRequest(messages, cfg.max_new_tokens, ("<|im_end|>",), cfg.temperature, adapter)
-    t1 = time.perf_counter()
-    engine = project.engine
-    t2 = time.perf_counter()
-    timings["load"] += (t2 - t1) * 1000
-    usage: dict = {}
-    text = _generate(engine, request, on_token, timings, usage)
-    timings.update(generate=(time.perf_counter() - t2) * 1000, verify=0.0)
-    return Answer(question, text, [], [], False, [], timings, usage, rt.to_dict(), adapter)

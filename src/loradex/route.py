@@ -104,6 +104,11 @@ class Router:
     target_recall: float = 0.95
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        order = np.argsort(self.labels, kind="stable")  # examples grouped by domain: one reduceat per query batch
+        self.examples, self.labels = np.ascontiguousarray(self.examples[order]), self.labels[order]
+        self._starts = np.searchsorted(self.labels, np.arange(len(self.domains)))
+
     # ---- fitting -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, method: str = "linear", holdout: float = 0.2,
@@ -161,13 +166,7 @@ class Router:
     # ---- scoring -------------------------------------------------------------------------------
     def _nearest_sims(self, q: np.ndarray) -> np.ndarray:
         """(n, n_domains): cosine of each query to each domain's closest example."""
-        sims = q @ self.examples.T
-        out = np.full((len(q), len(self.domains)), -1.0, dtype=np.float32)
-        for c in range(len(self.domains)):
-            cols = self.labels == c
-            if cols.any():
-                out[:, c] = sims[:, cols].max(axis=1)
-        return out
+        return np.maximum.reduceat(q @ self.examples.T, self._starts, axis=1)  # every domain has examples
 
     def _logits(self, q: np.ndarray) -> np.ndarray:
         if self.method == "linear" and self.weights is not None:

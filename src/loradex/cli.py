@@ -131,6 +131,25 @@ def search(query: str = typer.Argument(..., help="What to look for."),
 
 
 @app.command()
+def serve(host: Optional[str] = typer.Option(None, help="Address (default: server.host, 127.0.0.1)."),
+          port: Optional[int] = typer.Option(None, help="Port (default: server.port, 8000)."),
+          project: Path = ProjectOpt):
+    """Serve the OpenAI-compatible API, the admin endpoints and the chat page (loradex[server])."""
+    try:
+        from .server.app import serve as run_serve
+    except ImportError as e:
+        _fail(ImportError(f"{e}; install the server extra: pip install 'loradex[server]'"))
+    proj = _open(project)
+    cfg = proj.config.server
+    err.print(f"loradex serving {proj.root} on http://{host or cfg.host}:{port or cfg.port}/ "
+              f"(OpenAI API under /v1, chat page at /)", highlight=False)
+    try:
+        run_serve(proj, host or cfg.host, port or cfg.port)
+    except _KNOWN_ERRORS as e:
+        _fail(e)
+
+
+@app.command()
 def route(query: Optional[str] = typer.Argument(None, help="The query to route."),
           file: Optional[Path] = typer.Option(None, "--file", help="Route one query a line (models load once)."),
           fit: bool = typer.Option(False, "--fit", help="Refit the router from the domains' examples and save it."),

@@ -75,6 +75,25 @@ class AdaptersConfig(_Model):
     max_loaded: int = Field(4, ge=1, le=256, description="Adapters kept loaded on the base model (least recently used go).")
 
 
+class ApiKeyConfig(_Model):
+    name: str = Field(..., description="Who the key belongs to (shown in metrics, never the key itself).")
+    key: str | None = Field(None, description="The key itself (prefer key_env, so secrets stay out of the file).")
+    key_env: str | None = Field(None, description="Environment variable that holds the key.")
+    groups: list[str] = Field(default_factory=list, description="Access groups: which documents' passages it may see.")
+    admin: bool = Field(False, description="May call /admin endpoints and sees every document.")
+
+
+class ServerConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address `loradex serve` listens on.")
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch: int = Field(8, ge=1, le=256, description="Requests generated together in one batch.")
+    batch_window_ms: float = Field(10.0, ge=0, le=1000, description="How long a batch waits for more requests.")
+    max_queue: int = Field(64, ge=1, description="Waiting requests before answering 429.")
+    max_input_chars: int = Field(8000, ge=1, description="Longest question accepted.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
+    keys: list[ApiKeyConfig] = Field(default_factory=list, description="API keys (also LORADEX_API_KEY, LORADEX_ADMIN_KEY).")
+
+
 class MetadataRule(_Model):
     paths: list[str] = Field(..., description="Globs (relative to the project) the rule applies to.")
     tags: list[str] = Field(default_factory=list, description="Tags added to matching documents.")
@@ -96,6 +115,7 @@ class ProjectConfig(_Model):
     metadata: list[MetadataRule] = Field(default_factory=list, description="Extra tags and groups by path glob.")
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

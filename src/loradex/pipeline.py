@@ -49,7 +49,8 @@ def _source(n: int, hit: Hit) -> dict:
     quote = " ".join(hit.chunk.text.split())
     return {"n": n, "chunk_id": hit.chunk.chunk_id, "file": s.path, "page": s.page,
             "heading_path": list(s.heading_path), "span": [s.start, s.end], "doc_version": hit.chunk.doc_version,
-            "score": hit.score, "dense_score": hit.dense_score, "quote": quote[:200] + ("..." if len(quote) > 200 else "")}
+            "score": hit.score, "dense_score": hit.dense_score, "quote": quote[:200] + ("..." if len(quote) > 200 else ""),
+            "text": hit.chunk.text}
 
 
 def _citations(verification, hits: list[Hit]) -> list[dict]:
@@ -72,12 +73,12 @@ def choose_route(project, question: str, domain: str | None = None, route: bool 
     return route_queries(project, [question])[0]
 
 
-def adapter_for(project, domain: str | None):
-    """The domain's active adapter, validated and loaded on the engine; None when it has none."""
+def adapter_for(project, domain: str | None, version: str | None = None):
+    """The domain's active adapter (or the given version), validated and loaded on the engine; None when it has none."""
     if domain is None:
         return None
     registry = project.registry
-    ref = registry.active(domain)
+    ref = registry.resolve(domain, version) if version else registry.active(domain)
     if ref is None:
         return None
     engine = project.engine
@@ -106,7 +107,7 @@ class Prepared:
 
 def prepare(project, question: str, *, k: int | None = None, domain: str | None = None,
             filters: Filters | None = None, route: bool = True, use_adapter: bool = True,
-            retrieval: bool = True) -> Prepared:
+            retrieval: bool = True, version: str | None = None) -> Prepared:
     """Route, load the domain's adapter, retrieve, and build the generation request (no generation)."""
     cfg = project.config.answer
     t_route = time.perf_counter()
@@ -115,7 +116,7 @@ def prepare(project, question: str, *, k: int | None = None, domain: str | None 
     filters = filters or Filters()
     if chosen and filters.domain is None and project.config.domains.get(chosen) and project.config.domains[chosen].paths:
         filters = dataclasses.replace(filters, domain=chosen)
-    ref = adapter_for(project, chosen) if use_adapter else None
+    ref = adapter_for(project, chosen, version) if use_adapter else None
     adapter = ref.label if ref else None
     t_load = time.perf_counter()
     project.embedder, project.store  # loading models is not retrieval time: load before the clock starts

@@ -1,0 +1,63 @@
+"""The chat page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+ask, watch the streamed answer, see route and adapter, click a citation and read its passage and file."""
+import os
+import shutil
+
+import pytest
+
+from .test_server import Running, _project
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# In CI a missing browser is a failure, not a skip: .ci/run installs it.
+pytestmark = pytest.mark.skipif(not os.environ.get("CI") and not (shutil.which("chromium") and shutil.which("chromedriver")),
+                                reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_ask_stream_and_open_a_citation(project_dir, tmp_path, monkeypatch, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from loradex.server.app import create_app
+
+    proj, ref = _project(project_dir, tmp_path, monkeypatch)
+    running = Running(create_app(proj))
+    try:
+        browser.get(running.url + "/")
+        key = browser.find_element(By.ID, "key")
+        key.send_keys("user-key")
+        browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+        browser.find_element(By.ID, "question").send_keys("police report for a stolen bike")
+        browser.find_element(By.CSS_SELECTOR, "#ask button[type=submit]").click()
+        wait = WebDriverWait(browser, 30)
+        cite = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#log .turn button.cite")))
+        meta = browser.find_element(By.CSS_SELECTOR, "#log .turn .meta").text
+        assert "route: claims" in meta and ref.label in meta
+        assert browser.find_element(By.CSS_SELECTOR, "#log .turn").get_attribute("data-done") == "1"
+        cite.click()
+        where = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#passage .where")))
+        assert where.get_attribute("data-file").startswith("docs/claims/")
+        passage = browser.find_element(By.ID, "passage-text").text
+        answer = browser.find_element(By.CSS_SELECTOR, "#log .turn .a").text
+        assert "verified" in browser.find_element(By.ID, "passage").text
+        first_sentence = answer.rsplit("1", 1)[0].strip()  # the echo engine quotes source 1's first sentence
+        assert first_sentence and first_sentence in " ".join(passage.split())
+    finally:
+        running.stop()

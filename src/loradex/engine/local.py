@@ -38,6 +38,7 @@ class LocalEngine:
             raise ValueError(f"{model_dir} has no chat template; loradex needs an instruction-tuned chat model")
         self.max_adapters = max_adapters
         self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> (path, PEFT slot), LRU order
+        self._known: dict[str, str] = {}  # every adapter ever loaded: an evicted one is reloaded when asked for
         self._lock = threading.RLock()
         self.stats = {"adapter_loads": 0, "adapter_evictions": 0}
 
@@ -49,7 +50,7 @@ class LocalEngine:
         """Names of the loaded adapters, least recently used first."""
         return list(self._adapters)
 
-    def load_adapter(self, name: str, path: str | Path) -> bool:
+    def load_adapter(self, name: str, path: str | Path, keep: frozenset[str] = frozenset()) -> bool:
         """Make adapter `name` (a PEFT LoRA folder) available; the base weights stay shared and unchanged.
 
         A no-op when the same name is loaded from the same folder (it only becomes most recently used);
@@ -69,9 +70,13 @@ class LocalEngine:
             else:
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=slot).eval()
             self._adapters[name] = (path, slot)
+            self._known[name] = path
             self.stats["adapter_loads"] += 1
             while len(self._adapters) > self.max_adapters:
-                self._unload(next(iter(self._adapters)))
+                victim = next((n for n in self._adapters if n not in keep and n != name), None)
+                if victim is None:  # everything loaded is needed by the batch at hand: go over the limit for now
+                    break
+                self._unload(victim)
                 self.stats["adapter_evictions"] += 1
             return True
 
@@ -89,9 +94,12 @@ class LocalEngine:
         from contextlib import nullcontext
 
         names = [r.adapter for r in requests]
-        for n in names:
-            if n is not None and n not in self._adapters:
-                raise ValueError(f"adapter {n!r} is not loaded; load it first (engine.load_adapter)")
+        needed = frozenset(n for n in names if n is not None)
+        for n in needed:
+            if n not in self._adapters:
+                if n not in self._known:
+                    raise ValueError(f"adapter {n!r} is not loaded; load it first (engine.load_adapter)")
+                self.load_adapter(n, self._known[n], keep=needed)  # evicted since: back, without evicting this batch's
         for n in set(names) - {None}:
             self._adapters.move_to_end(n)
         if not self._adapters:

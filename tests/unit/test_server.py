@@ -234,3 +234,30 @@ def test_full_queue_answers_429_and_concurrent_requests_share_a_batch(project_di
     finally:
         engine.gate.set()
         running.stop()
+
+
+def test_loradex_serve_command(project_dir, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    proj, _ = _project(project_dir, tmp_path, monkeypatch)
+    port = _free_port()
+    env = {**os.environ, "TEST_LORADEX_ADMIN": "admin-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "loradex.cli", "serve", "-p", str(proj.root), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="user-key", max_retries=0) \
+            .chat.completions.create(model="auto", messages=[{"role": "user", "content": "stolen bike police report"}])
+        assert r.model_extra["route"]["domain"] == "claims"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "user-key" not in err and "admin-key" not in err  # keys are never logged

@@ -204,6 +204,7 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
             out = model(input_ids=ids, attention_mask=mask, labels=labels)
             out.loss.backward()
             loss = out.loss.item()
+            del out  # the logits (batch x length x vocabulary) would otherwise live through the next forward
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()

@@ -175,39 +175,8 @@ def run(setting: str, train_x, train_labels, val_x, val_labels, q, truth, n_oos,
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--few-shot", type=int, default=30, help="queries per domain in the few-shot setting")
-    ap.add_argument("--target-recall", type=float, default=0.95)
-    ap.add_argument("--min-probability", type=float, default=0.5)
-    ap.add_argument("--latency-queries", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    monitor = LoadMonitor()
-    data, intent_domain = load_clinc()
-    embedder = load_model("all-minilm-l6-v2")
-    split = {name: ([t for t, _ in data[name]], [intent_domain[i] for _, i in data[name]]) for name in ("train", "val", "test")}
-    oos = [t for t, _ in data["oos_test"]]
-    domains = sorted(set(intent_domain.values()))
-    t0 = time.perf_counter()
-    vec = {name: embed_all(embedder, texts, name) for name, (texts, _) in split.items()}
-    oos_x = embed_all(embedder, oos, "oos_test")
-    embed_s = time.perf_counter() - t0
-    q = np.concatenate([vec["test"], oos_x])
-    truth = split["test"][1]
-    rng = np.random.default_rng(args.seed)
-    labels = np.array(split["train"][1])
-    few = np.concatenate([rng.choice(np.flatnonzero(labels == d), args.few_shot, replace=False) for d in domains])
-    settings = {"full train (1,500 a domain)": (vec["train"], split["train"][1]),
-                f"few-shot ({args.few_shot} a domain, seed {args.seed})": (vec["train"][few], list(labels[few]))}
-    rows, curves = [], {}
-    for name, (tx, ty) in settings.items():
-        rows += run(name, tx, ty, vec["val"], split["val"][1], q, truth, len(oos), domains, args)
-        curves[name] = sweep(tx, ty, vec["val"], split["val"][1], q, truth, len(oos), domains)
-    plot(curves, RESULTS / "routing_clinc150.png")
-
-    # latency: one query at a time, the embedding and the router separately
+def measure_latency(embedder, vec, split, truth, rng, args) -> dict:
+    """One query at a time: the embedding and the router (linear, fitted on the full train split) separately."""
     router = Router.fit(vec["train"], split["train"][1], method="linear", calibration=(vec["val"], split["val"][1]))
     sample = [split["test"][0][i] for i in rng.choice(len(truth), args.latency_queries, replace=False)]
     t_embed, t_route = [], []
@@ -226,7 +195,52 @@ def main() -> None:
         ms = np.array(xs) * 1000
         return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
-    latency = {"router_full_train": pct(t_route), "embedding": pct(t_embed), "queries": len(sample)}
+    return {"router_full_train": pct(t_route), "embedding": pct(t_embed), "queries": len(sample)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--few-shot", type=int, default=30, help="queries per domain in the few-shot setting")
+    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--min-probability", type=float, default=0.5)
+    ap.add_argument("--latency-queries", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the latency part (results/routing_clinc150_latency.json), for a rerun on a quiet machine")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    monitor = LoadMonitor()
+    data, intent_domain = load_clinc()
+    embedder = load_model("all-minilm-l6-v2")
+    split = {name: ([t for t, _ in data[name]], [intent_domain[i] for _, i in data[name]]) for name in ("train", "val", "test")}
+    oos = [t for t, _ in data["oos_test"]]
+    domains = sorted(set(intent_domain.values()))
+    t0 = time.perf_counter()
+    vec = {name: embed_all(embedder, texts, name) for name, (texts, _) in split.items()}
+    oos_x = embed_all(embedder, oos, "oos_test")
+    embed_s = time.perf_counter() - t0
+    q = np.concatenate([vec["test"], oos_x])
+    truth = split["test"][1]
+    rng = np.random.default_rng(args.seed)
+    if args.latency_only:
+        latency = measure_latency(embedder, vec, split, truth, rng, args)
+        payload = {"benchmark": "routing_clinc150_latency", "date": now_iso(), "latency": latency,
+                   "load": monitor.report(), "machine": machine_info()}
+        write_json(RESULTS / "routing_clinc150_latency.json", payload)
+        print(json.dumps(payload, indent=2) if args.json else f"router p50 {latency['router_full_train']['p50_ms']} ms, "
+              f"p99 {latency['router_full_train']['p99_ms']} ms; embedding p50 {latency['embedding']['p50_ms']} ms")
+        return
+    labels = np.array(split["train"][1])
+    few = np.concatenate([rng.choice(np.flatnonzero(labels == d), args.few_shot, replace=False) for d in domains])
+    settings = {"full train (1,500 a domain)": (vec["train"], split["train"][1]),
+                f"few-shot ({args.few_shot} a domain, seed {args.seed})": (vec["train"][few], list(labels[few]))}
+    rows, curves = [], {}
+    for name, (tx, ty) in settings.items():
+        rows += run(name, tx, ty, vec["val"], split["val"][1], q, truth, len(oos), domains, args)
+        curves[name] = sweep(tx, ty, vec["val"], split["val"][1], q, truth, len(oos), domains)
+    plot(curves, RESULTS / "routing_clinc150.png")
+
+    latency = measure_latency(embedder, vec, split, truth, rng, args)
     payload = {"benchmark": "routing_clinc150", "date": now_iso(), "embedder": "all-minilm-l6-v2",
                "settings": vars(args), "test_in_scope": len(truth), "test_out_of_scope": len(oos),
                "embedding_seconds_all_splits": round(embed_s, 1), "results": rows, "latency": latency,

@@ -179,13 +179,14 @@ class Router:
     def route_vectors(self, vectors: np.ndarray) -> list[Route]:
         q = _normalise(vectors)
         probs = _softmax(self._logits(q) / self.temperature)
-        sims = self._nearest_sims(q)
+        best = probs.argmax(axis=1)
+        ends = np.append(self._starts[1:], len(self.labels))
         out = []
         for i in range(len(q)):
-            c = int(probs[i].argmax())
+            c = int(best[i])
             d = self.domains[c]
             scores = {name: round(float(p), 4) for name, p in zip(self.domains, probs[i])}
-            sim = float(sims[i, c])
+            sim = float((self.examples[self._starts[c]:ends[c]] @ q[i]).max())  # the chosen domain's examples only
             reason = ""
             if sim < self.sim_thresholds.get(d, -1.0):
                 reason = "out_of_scope"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -24,12 +23,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (REPO, RESULTS, STDERR, LoadMonitor, example_project, machine_info, markdown_table,  # noqa: E402
                      now_iso, write_json)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def level(url: str, questions: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
@@ -74,9 +67,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    import uvicorn
-
-    from loradex.server.app import create_app
+    from loradex.server.app import ThreadedServer, create_app
 
     monitor = LoadMonitor()
     questions = [json.loads(line)["question"] for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]
@@ -86,21 +77,15 @@ def main() -> None:
             ref = proj.registry.register(REPO / "examples/insurance/adapters" / domain, domain, {"imported_from": "examples"})
             proj.registry.activate(domain, ref.version)
         app = create_app(proj)
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+        running = ThreadedServer(app)
+        url = running.url
         level(url, questions[:3], 1, 0.1, args.max_tokens)  # warm up: adapters loaded, first batch compiled
         rows = []
         for n in args.clients:
             rows.append(level(url, questions, n, args.seconds, args.max_tokens))
             rows[-1]["largest_batch_so_far"] = app.state.batcher.stats["largest_batch"]
             STDERR.print(f"{n} clients: {rows[-1]}")
-        server.should_exit = True
-        thread.join(timeout=10)
+        running.stop()
     base = next((r for r in rows if r["clients"] == 1), rows[0])
     for r in rows:
         r["throughput_vs_one_after_another"] = round(r["requests_per_s"] / base["requests_per_s"], 2) if base["requests_per_s"] else None

@@ -5,7 +5,9 @@ import shutil
 
 import pytest
 
-from .test_server import Running, _project
+from loradex.server.app import ThreadedServer
+
+from .test_server import _project
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -38,7 +40,7 @@ def test_ask_stream_and_open_a_citation(project_dir, tmp_path, monkeypatch, brow
     from loradex.server.app import create_app
 
     proj, ref = _project(project_dir, tmp_path, monkeypatch)
-    running = Running(create_app(proj))
+    running = ThreadedServer(create_app(proj))
     try:
         browser.get(running.url + "/")
         key = browser.find_element(By.ID, "key")

@@ -11,6 +11,7 @@ import pytest
 from loradex.engine.echo import EchoEngine
 from loradex.ingest.ingest import ingest
 from loradex.project import open_project
+from loradex.server.app import ThreadedServer
 
 from .test_ingest import DOCS
 from .test_pipeline import ROUTED
@@ -28,24 +29,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Running:
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 class SlowEcho(EchoEngine):
@@ -83,7 +66,7 @@ def served(project_dir, tmp_path, monkeypatch):
     from loradex.server.app import create_app
 
     proj, ref = _project(project_dir, tmp_path, monkeypatch)
-    running = Running(create_app(proj))
+    running = ThreadedServer(create_app(proj))
     yield proj, ref, running
     running.stop()
 
@@ -208,7 +191,7 @@ def test_full_queue_answers_429_and_concurrent_requests_share_a_batch(project_di
 
     engine = SlowEcho()
     proj, _ = _project(project_dir, tmp_path, monkeypatch, engine)
-    running = Running(create_app(proj, max_batch=8, window_ms=200, max_queue=3))
+    running = ThreadedServer(create_app(proj, max_batch=8, window_ms=200, max_queue=3))
     try:
         body = {"model": "base", "messages": [{"role": "user", "content": "theft police report"}]}
         auth = {"Authorization": "Bearer user-key"}

@@ -67,7 +67,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from loradex.server.app import ThreadedServer, create_app
+    from loradex.server.app import create_app
+    from loradex.testing import ThreadedServer
 
     monitor = LoadMonitor()
     questions = [json.loads(line)["question"] for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ module does no entailment and says so in each reason.
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from dataclasses import dataclass, field
 
 CITATION = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
@@ -79,18 +80,9 @@ def _numbers(text: str) -> set[str]:
 
 
 def _longest_run(claim: list[str], passage: list[str]) -> tuple[int, int]:
-    """Length and passage end index of the longest common run of words (dynamic programming)."""
-    best, end = 0, 0
-    prev = [0] * (len(passage) + 1)
-    for a in claim:
-        cur = [0] * (len(passage) + 1)
-        for j, b in enumerate(passage, start=1):
-            if a == b:
-                cur[j] = prev[j - 1] + 1
-                if cur[j] > best:
-                    best, end = cur[j], j
-        prev = cur
-    return best, end
+    """Length and passage end index of the longest common run of words (the earliest in the claim on ties)."""
+    m = SequenceMatcher(None, claim, passage, autojunk=False).find_longest_match()
+    return m.size, m.b + m.size
 
 
 def _best_sentence(claim_words: set[str], passage: str) -> str:

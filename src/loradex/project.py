@@ -1,46 +1,48 @@
-"""A project: a folder with `loradex.yaml` and the state folder `.loradex/` (index, manifest, locks).
+"""A project: a folder with `loradex.yaml` and the state folder `.loradex/` (index, manifest, router, adapters).
 
-Opens the configured embedder and store lazily, so commands that need neither stay fast.
+Owns where things live, the document manifest and its lock, the metadata and id policies, and which
+backends serve the project. Backends are built on first use from `loradex.backends` (so commands that need
+no model stay fast) or injected: `open_project(root, embedder=, engine=, store=)`. It does not ingest,
+search or answer: those are plain functions that take a project.
 """
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
-import os
-import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .config import CONFIG_NAME, STATE_DIR, ConfigError, ProjectConfig, load_config, starter_text
-from .embed import Embedder, load_embedder
-from .store import Store, open_store
-from .types import DocMeta
+from .atomic import write_text
+from .config import CONFIG_NAME, STATE_DIR, ProjectConfig, load_config, starter_text
+from .errors import ConfigError, RouterError
+from .types import DocMeta, Route
 
+if TYPE_CHECKING:
+    from .adapters.registry import Registry
+    from .embed import Embedder
+    from .engine import Engine
+    from .route import Router
+    from .store import Store
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["Project", "init_project", "open_project"]
 
 
-@dataclass
 class Project:
-    root: Path
-    config: ProjectConfig
-    _embedder: Embedder | None = field(default=None, repr=False)
+    """The project at `root` with its parsed `config`; `embedder`, `engine` and `store` replace the configured
+    backends when given (tests pass fakes)."""
 
+    def __init__(self, root: Path, config: ProjectConfig, *, embedder: Embedder | None = None,
+                 engine: Engine | None = None, store: Store | None = None):
+        self.root = Path(root)
+        self.config = config
+        self._embedder, self._engine, self._store = embedder, engine, store
+        self._router: Router | None = None
+        self._router_checked = False
+
+    # ---- where things live ---------------------------------------------------------------------------
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
@@ -49,27 +51,38 @@ class Project:
     def manifest_path(self) -> Path:
         return self.state_dir / "documents.json"
 
-    @cached_property
+    @property
+    def store_uri(self) -> str:
+        return self.config.store.uri or str(self.state_dir / "lancedb")
+
+    # ---- backends, built on first use ----------------------------------------------------------------
+    @property
     def embedder(self) -> Embedder:
-        return self._embedder or load_embedder(self.config.embedder, self.root)
+        if self._embedder is None:
+            from .embed import load_embedder
 
-    @cached_property
-    def engine(self):
-        """The configured generation engine (loads the base model on first use)."""
-        if self.config.engine == "echo":
-            from .engine.echo import EchoEngine
+            self._embedder = load_embedder(self.config.embedder, self.root)
+        return self._embedder
 
-            return EchoEngine()
-        from .engine.local import LocalEngine
+    @property
+    def engine(self) -> Engine:
+        """The configured generation engine (the local one loads the base model now)."""
+        if self._engine is None:
+            from .backends import ENGINES, load
 
-        return LocalEngine(self.base_model_dir, max_adapters=self.config.adapters.max_loaded)
+            self._engine = load(ENGINES, self.config.engine, "engine")(self)
+        return self._engine
 
-    @cached_property
-    def router(self):
-        """The domain router fitted from the domains' example queries (None when there are none)."""
-        from .route import project_router
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
-        return project_router(self)
+    def _open_store(self, reset: bool = False) -> Store:
+        from .store import open_store
+
+        return open_store(self.config.store.backend, self.store_uri, self.embedder.dim, reset=reset)
 
     @cached_property
     def base_model_dir(self) -> Path:
@@ -78,7 +91,7 @@ class Project:
         return resolve_model(self.config.model, self.root)
 
     @cached_property
-    def registry(self):
+    def registry(self) -> Registry:
         """The adapter registry, bound to the base model's identity and layer shapes."""
         from .adapters.registry import Registry
         from .models import base_identity, weight_shapes
@@ -86,19 +99,77 @@ class Project:
         return Registry(self.state_dir / "adapters", base_identity(self.base_model_dir),
                         weight_shapes(self.base_model_dir))
 
-    @cached_property
-    def store(self) -> Store:
-        return open_store(self.config.store.backend, self.store_uri, self.embedder.dim)
-
-    @property
-    def store_uri(self) -> str:
-        return self.config.store.uri or str(self.state_dir / "lancedb")
+    def load(self) -> None:
+        """Build the embedder, store, router and engine now (a server does this before its first request)."""
+        _ = self.embedder, self.store, self.router, self.engine
 
     def reset_index(self) -> None:
         """Drop every indexed chunk and the manifest (for a new embedder or a clean start)."""
-        self.__dict__["store"] = open_store(self.config.store.backend, self.store_uri, self.embedder.dim, reset=True)
+        self._store = self._open_store(reset=True)
         self.manifest_path.unlink(missing_ok=True)
 
+    # ---- routing ---------------------------------------------------------------------------------------
+    def domain_examples(self) -> dict[str, list[str]]:
+        """Each domain's example queries from loradex.yaml (`examples`, then `examples_file`), deduplicated;
+        domains without any are left out. Raises RouterError when an `examples_file` does not exist."""
+        out: dict[str, list[str]] = {}
+        for name, dom in self.config.domains.items():
+            queries = [q.strip() for q in dom.examples if q.strip()]
+            if dom.examples_file:
+                path = self.root / dom.examples_file
+                if not path.is_file():
+                    raise RouterError(f"domains.{name}.examples_file: {path} does not exist")
+                queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if queries:
+                out[name] = list(dict.fromkeys(queries))
+        return out
+
+    def _router_key(self, examples: dict[str, list[str]]) -> str:
+        blob = json.dumps([examples, self.config.embedder, self.config.routing.model_dump()], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def router(self) -> Router | None:
+        """The saved router when it matches the current examples and settings, else refitted and saved; None
+        when no domain has example queries."""
+        if not self._router_checked:
+            from .route import Router
+
+            examples = self.domain_examples()
+            loaded = Router.load(self.state_dir) if examples else None
+            if loaded is not None and loaded[1] == self._router_key(examples):
+                self._router = loaded[0]
+            else:
+                self._router = self.refit_router(examples) if examples else None
+            self._router_checked = True
+        return self._router
+
+    def refit_router(self, examples: dict[str, list[str]] | None = None) -> Router:
+        """Fit the router on the domains' example queries, save it under .loradex/ and serve it from now on.
+        Raises RouterError when no domain has examples or they are too few to calibrate."""
+        from .route import Router
+
+        examples = examples if examples is not None else self.domain_examples()
+        if not examples:
+            raise RouterError("no domain has example queries; add domains.<name>.examples (a list) or "
+                              "domains.<name>.examples_file (one query a line) to loradex.yaml")
+        texts = [q for qs in examples.values() for q in qs]
+        labels = [d for d, qs in examples.items() for _ in qs]
+        cfg = self.config.routing
+        router = Router.fit(self.embedder.embed(texts), labels, method=cfg.method, holdout=cfg.holdout,
+                            target_recall=cfg.target_recall, min_probability=cfg.min_probability)
+        router.save(self.state_dir, self._router_key(examples))
+        self._router, self._router_checked = router, True
+        return router
+
+    def route(self, queries: Sequence[str]) -> list[Route]:
+        """One Route per query (embedded as one batch); reason `no_router` when no domain has examples."""
+        router = self.router
+        if router is None:
+            return [Route(None, 0.0, {}, True, "no_router") for _ in queries]
+        return router.route_vectors(self.embedder.embed(list(queries)))
+
+    # ---- documents -------------------------------------------------------------------------------------
     def meta_for(self, doc_id: str) -> DocMeta:
         """Domain, tags and groups of a document from the config's path globs."""
         domain, tags, groups = None, [], []
@@ -123,39 +194,40 @@ class Project:
             return path.as_posix()
 
     def load_manifest(self) -> dict:
+        """`{"embedder": name or None, "documents": {doc_id: {path, version, format, chunks, ...}}}`."""
         if not self.manifest_path.is_file():
             return {"embedder": None, "documents": {}}
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def save_manifest(self, manifest: dict) -> None:
-        write_atomic(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+        write_text(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
     @contextmanager
-    def lock(self):
-        """One writer at a time per project (other writers wait)."""
+    def lock(self) -> Iterator[None]:
+        """One writer at a time per project, across processes (other writers wait)."""
+        from filelock import FileLock
+
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "write.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with FileLock(str(self.state_dir / "write.lock")):
+            yield
 
 
-def open_project(root: str | Path = ".", embedder: Embedder | None = None) -> Project:
+def open_project(root: str | Path = ".", *, embedder: Embedder | None = None, engine: Engine | None = None,
+                 store: Store | None = None) -> Project:
+    """The project whose `loradex.yaml` is in `root`; the keyword arguments replace configured backends.
+    Raises ConfigError when the file is missing or invalid."""
     root = Path(root).resolve()
-    config = load_config(root / CONFIG_NAME)
-    if embedder is None:
-        return Project(root, config)
-    return Project(root, config, embedder)
+    return Project(root, load_config(root / CONFIG_NAME), embedder=embedder, engine=engine, store=store)
 
 
 def init_project(root: str | Path, name: str | None = None) -> Path:
+    """Write a commented starter `loradex.yaml` and a `docs/` folder in `root`; returns the file's path.
+    Raises ConfigError when the file already exists."""
     root = Path(root).resolve()
     path = root / CONFIG_NAME
     if path.exists():
         raise ConfigError(f"{path} already exists; edit it, or remove it to start over")
     root.mkdir(parents=True, exist_ok=True)
     (root / "docs").mkdir(exist_ok=True)
-    write_atomic(path, starter_text(name or root.name))
+    write_text(path, starter_text(name or root.name))
     return path

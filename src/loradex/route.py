@@ -14,33 +14,20 @@ Fitted from each domain's example queries, on the project's own embedder:
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .atomic import write_text, writing
+from .errors import RouterError
+from .types import Route
+
+__all__ = ["METHODS", "Route", "Router", "RouterError"]
+
 METHODS = ("linear", "centroid", "nearest")
-
-
-class RouterError(ValueError):
-    """The router cannot be fitted or loaded; the message says what to add or fix."""
-
-
-@dataclass
-class Route:
-    domain: str | None  # None: abstained, or no router; the query goes to the base model over all sources
-    score: float  # calibrated probability of the chosen (or best) domain
-    scores: dict[str, float] = field(default_factory=dict)
-    abstained: bool = False
-    reason: str = ""  # ambiguous | out_of_scope | no_router | explicit | ""
-    best: str | None = None  # best domain even when abstained
-    similarity: float | None = None  # cosine to the best domain's nearest example
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -114,10 +101,12 @@ class Router:
     def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, method: str = "linear", holdout: float = 0.2,
             target_recall: float = 0.95, min_probability: float = 0.5, seed: int = 0,
             calibration: tuple[np.ndarray, Sequence[str]] | None = None) -> "Router":
-        """Fit on example embeddings with their domain names.
+        """Fit on example embeddings `vectors` (shape (n, dim); normalised here) with their domain names
+        `labels` (n of them).
 
-        Calibration (temperature, per-domain thresholds) uses `calibration` when given, else a stratified
-        `holdout` share of the examples; the final router is then fitted on all examples.
+        Calibration (temperature, per-domain thresholds) uses `calibration` (vectors, labels) when given, else
+        a stratified `holdout` share of the examples; the final router is then fitted on all examples.
+        Raises RouterError for an unknown method, no examples, or fewer than 3 examples in every domain.
         """
         if method not in METHODS:
             raise RouterError(f"unknown router method {method!r}; use one of {', '.join(METHODS)}")
@@ -141,7 +130,7 @@ class Router:
             mask = np.zeros(len(y), bool)
             mask[cal_idx] = True
             fit_idx, cal_x, cal_y = np.flatnonzero(~mask), x[mask], y[mask]
-        part = cls._fitted(domains, method, x[fit_idx], y[fit_idx], seed)
+        part = cls._fit_on(domains, method, x[fit_idx], y[fit_idx], seed)
         logits = part._logits(cal_x)
         temperature = _fit_temperature(logits, cal_y) if len(domains) > 1 else 1.0
         sims = part._nearest_sims(cal_x)
@@ -149,7 +138,7 @@ class Router:
         for c, d in enumerate(domains):
             own = sims[cal_y == c, c]
             thresholds[d] = float(np.quantile(own, 1 - target_recall)) if len(own) else -1.0
-        final = cls._fitted(domains, method, x, y, seed) if calibration is None else part
+        final = cls._fit_on(domains, method, x, y, seed) if calibration is None else part
         final.temperature, final.sim_thresholds = temperature, thresholds
         final.min_probability, final.target_recall = min_probability, target_recall
         final.meta = {"examples": int(len(y)), "calibration_examples": int(len(cal_y)),
@@ -157,7 +146,7 @@ class Router:
         return final
 
     @classmethod
-    def _fitted(cls, domains: list[str], method: str, x: np.ndarray, y: np.ndarray, seed: int) -> "Router":
+    def _fit_on(cls, domains: list[str], method: str, x: np.ndarray, y: np.ndarray, seed: int) -> "Router":
         r = cls(domains, method, x, y)
         if method == "linear" and len(domains) > 1:
             r.weights, r.bias = _fit_linear(x, y, len(domains), seed=seed)
@@ -176,9 +165,9 @@ class Router:
             return q @ cents.T
         return self._nearest_sims(q)
 
-    def _tensors(self):
-        """Torch views of the arrays (no copies). Routing runs right after a torch embedding: numpy's own BLAS
-        threads then wait for torch's still-spinning ones (2.7 ms against 0.26 ms on 2 cores, measured)."""
+    def _tensors(self) -> tuple[Any, Any, Any]:
+        """Torch views of the arrays (no copies). Routing runs right after a torch embedding, and numpy's own
+        BLAS threads would wait for torch's still-spinning ones (benchmarks/routing_clinc150.py)."""
         import torch
 
         key = (id(self.examples), id(self.weights))
@@ -190,6 +179,8 @@ class Router:
         return self._t
 
     def route_vectors(self, vectors: np.ndarray) -> list[Route]:
+        """One Route per row of `vectors` (query embeddings, shape (n, dim); normalised here): the calibrated
+        probabilities of every domain and, unless the router abstains, the chosen domain."""
         import torch
 
         q = _normalise(vectors)
@@ -220,28 +211,32 @@ class Router:
         return out
 
     # ---- persistence ---------------------------------------------------------------------------
-    def save(self, folder: Path, key: str) -> None:
-        """Write router.npz + router.json into `folder` (atomically: temp names, then rename)."""
-        from .project import write_atomic
+    def summary(self) -> dict:
+        """What `loradex route --fit` and `POST /admin/router/fit` report about a fitted router."""
+        return {"domains": self.domains, "method": self.method, "examples": self.meta.get("examples"),
+                "calibration_examples": self.meta.get("calibration_examples"),
+                "calibration_accuracy": self.meta.get("calibration_accuracy"),
+                "temperature": self.temperature, "sim_thresholds": self.sim_thresholds}
 
-        folder.mkdir(parents=True, exist_ok=True)
+    def save(self, folder: Path, key: str) -> None:
+        """Write router.<key>.npz, then router.json pointing at it, into `folder`; each write is atomic, so a
+        crash leaves the previous router in use. Older .npz files are removed."""
         arrays = {"examples": self.examples, "labels": self.labels}
         if self.weights is not None:
             arrays.update(weights=self.weights, bias=self.bias)
-        tmp = folder / f"router.{key}.npz.tmp"
-        with tmp.open("wb") as f:
+        with writing(folder / f"router.{key}.npz") as f:
             np.savez(f, **arrays)
-        tmp.replace(folder / f"router.{key}.npz")
         info = {"key": key, "domains": self.domains, "method": self.method, "temperature": self.temperature,
                 "sim_thresholds": self.sim_thresholds, "min_probability": self.min_probability,
                 "target_recall": self.target_recall, "meta": self.meta}
-        write_atomic(folder / "router.json", json.dumps(info, indent=2))
+        write_text(folder / "router.json", json.dumps(info, indent=2))
         for old in folder.glob("router.*.npz"):
             if old.name != f"router.{key}.npz":
                 old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path) -> tuple["Router", str] | None:
+        """The router saved in `folder` and its key, or None when there is none or it is unreadable."""
         try:
             info = json.loads((folder / "router.json").read_text())
             arrays = np.load(folder / f"router.{info['key']}.npz")
@@ -251,60 +246,3 @@ class Router:
                 arrays["weights"] if "weights" in arrays else None, arrays["bias"] if "bias" in arrays else None,
                 info["temperature"], info["sim_thresholds"], info["min_probability"], info["target_recall"], info["meta"])
         return r, info["key"]
-
-
-# ---- the project's router ---------------------------------------------------------------------------
-
-def domain_examples(project) -> dict[str, list[str]]:
-    """Each domain's example queries from loradex.yaml (`examples` and `examples_file`)."""
-    out: dict[str, list[str]] = {}
-    for name, dom in project.config.domains.items():
-        queries = [q.strip() for q in dom.examples if q.strip()]
-        if dom.examples_file:
-            path = project.root / dom.examples_file
-            if not path.is_file():
-                raise RouterError(f"domains.{name}.examples_file: {path} does not exist")
-            queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if queries:
-            out[name] = list(dict.fromkeys(queries))
-    return out
-
-
-def router_key(project, examples: dict[str, list[str]]) -> str:
-    cfg = project.config.routing
-    blob = json.dumps([examples, project.config.embedder, cfg.model_dump()], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def fit_project_router(project, examples: dict[str, list[str]] | None = None) -> Router:
-    examples = examples if examples is not None else domain_examples(project)
-    if not examples:
-        raise RouterError("no domain has example queries; add domains.<name>.examples (a list) or "
-                          "domains.<name>.examples_file (one query a line) to loradex.yaml")
-    texts = [q for qs in examples.values() for q in qs]
-    labels = [d for d, qs in examples.items() for _ in qs]
-    cfg = project.config.routing
-    router = Router.fit(project.embedder.embed(texts), labels, method=cfg.method, holdout=cfg.holdout,
-                        target_recall=cfg.target_recall, min_probability=cfg.min_probability)
-    router.save(project.state_dir, router_key(project, examples))
-    return router
-
-
-def project_router(project, refit: bool = False) -> Router | None:
-    """The saved router if it matches the current examples and settings; refitted (and saved) if not.
-    None when no domain has example queries."""
-    examples = domain_examples(project)
-    if not examples:
-        return None
-    key = router_key(project, examples)
-    loaded = None if refit else Router.load(project.state_dir)
-    if loaded is not None and loaded[1] == key:
-        return loaded[0]
-    return fit_project_router(project, examples)
-
-
-def route_queries(project, queries: Sequence[str], router: Router | None = None) -> list[Route]:
-    router = router if router is not None else project.router
-    if router is None:
-        return [Route(None, 0.0, {}, True, "no_router") for _ in queries]
-    return router.route_vectors(project.embedder.embed(list(queries)))

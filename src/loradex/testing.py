@@ -1,13 +1,21 @@
-"""Fakes that ship with the package so tests need no weights.
+"""Fakes and helpers that ship with the package, so tests (the project's and its users') need no weights.
 
-`build_tiny_llama(folder)` writes a randomly initialised two-layer Llama (never emitting special tokens) with a small byte-level BPE
-tokenizer and a ChatML chat template: it loads through the same path as a real model (LocalEngine,
-and later PEFT adapters) in a second. The hashing embedder lives in `loradex.embed`, the echo engine
-in `loradex.engine.echo`.
+- `build_tiny_llama(folder)`: a randomly initialised two-layer Llama (never emitting special tokens) with a
+  small byte-level BPE tokenizer and a ChatML chat template; it loads through the same path as a real model
+  (LocalEngine, PEFT training and adapters) in a second.
+- `build_random_adapter(model_dir, out)`: a random PEFT LoRA adapter for such a model, strong enough to
+  change what it generates.
+- `MemoryStore`: a Store in plain numpy (cosine and BM25), the reference backend of the Store contract suite.
+- `ThreadedServer(app)`: an ASGI app served by uvicorn on a background thread, on a free loopback port.
+
+The hashing embedder lives in `loradex.embed`, the echo engine in `loradex.engine.echo`.
 """
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -75,3 +83,26 @@ def build_random_adapter(model_dir: str | Path, out: str | Path, *, seed: int = 
                 p.mul_(scale)
     model.save_pretrained(str(out))
     return Path(out)
+
+
+class ThreadedServer:
+    """`app` served by uvicorn on a background thread (tests, benchmarks, a notebook). Port 0 picks a free one;
+    `url` is set once the server accepts connections; `stop()` shuts it down."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

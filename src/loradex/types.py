@@ -1,6 +1,8 @@
-"""Frozen records that cross module borders: what a parser yields, what the store keeps, what a search returns.
+"""Frozen records that cross module borders: what a parser yields, what the store keeps, what a search
+returns, where a query is routed, and the cited answer.
 
-Behaviour lives elsewhere; these are plain values with a `to_dict` for JSON output.
+Behaviour lives elsewhere; these are plain values, and `to_dict` is the one JSON boundary (the CLI's `--json`,
+the server's bodies and the chat page read what it writes).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class Source:
     end: int
 
     def label(self) -> str:
+        """`file, p. N, heading > subheading`, leaving out what the format does not give."""
         parts = [self.path]
         if self.page is not None:
             parts.append(f"p. {self.page}")
@@ -59,6 +62,8 @@ class Source:
 
 @dataclass(frozen=True)
 class Chunk:
+    """A passage of a document as indexed: its text, where it came from, and the document's version."""
+
     chunk_id: str
     doc_id: str
     ordinal: int
@@ -77,7 +82,12 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Hit:
-    """A search result: the chunk, its fused score and what each retriever said about it."""
+    """A search result: the chunk, its ranking score and what each retriever said about it.
+
+    `score` is what the ranking was sorted by, and its unit depends on the retrieval mode: the RRF sum
+    (hybrid), the cosine similarity (dense) or the BM25 score (bm25). `dense_score` is always a cosine in
+    [-1, 1] and `bm25_score` always a BM25 score (unbounded, >= 0), or None when that retriever did not
+    return the chunk; the ranks are 1-based."""
 
     chunk: Chunk
     score: float
@@ -104,12 +114,133 @@ class Hit:
         }
 
 
+EVERYTHING = None
+"""`Filters.groups` value that skips the access check: the project's owner (CLI) and admin keys see every
+document. Any tuple, even empty, is a caller's groups."""
+
+
 @dataclass(frozen=True)
 class Filters:
-    """Search filters. `groups=None` means no access check (the local owner); a tuple means a caller's groups:
-    it sees documents with no groups and those sharing one of its groups."""
+    """Search filters, combined with AND. `domain`: only that domain's documents; `tags`: documents with any
+    of them; `doc_ids`: only these documents.
+
+    `groups` is the access check. `EVERYTHING` (None, the default: the local owner) sees every document; a
+    tuple is a caller's access groups, who sees documents without groups and those sharing one of its
+    groups, so `()` sees public documents only. Use `Filters.for_caller(groups)` to say which is meant."""
 
     domain: str | None = None
     tags: tuple[str, ...] = ()
-    groups: tuple[str, ...] | None = None
+    groups: tuple[str, ...] | None = EVERYTHING
     doc_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def for_caller(cls, groups: tuple[str, ...] | None, **kw) -> "Filters":
+        """Filters for a caller with these access groups (`EVERYTHING` for the owner or an admin)."""
+        return cls(groups=None if groups is None else tuple(groups), **kw)
+
+
+# ---- routing and answers --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Route:
+    """Where a query goes. `domain` None means no domain: the router abstained (see `reason`), routing was
+    skipped, or the project has no router; the query then goes to the base model over all sources.
+
+    `score` is the calibrated probability (0..1) of `best`, the best-scoring domain, which is set even when
+    the router abstains; `scores` has every domain's probability. `reason` is one of "" (routed),
+    "ambiguous", "out_of_scope", "no_router", "not_routed" or "explicit" (the caller named the domain).
+    `similarity` is the cosine of the query to `best`'s nearest example query."""
+
+    domain: str | None
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    abstained: bool = False
+    reason: str = ""
+    best: str | None = None
+    similarity: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Source `n` of an answer: the passage put in the prompt as `<source n>`, with where it came from.
+
+    `span` is the character span of the passage in the document's extracted text; `score` and
+    `dense_score` are the search's (see `Hit`); `quote` is the passage's first 200 characters."""
+
+    n: int
+    chunk_id: str
+    file: str
+    page: int | None
+    heading_path: tuple[str, ...]
+    span: tuple[int, int]
+    doc_version: str
+    score: float
+    dense_score: float | None
+    quote: str
+    text: str
+
+    @classmethod
+    def from_hit(cls, n: int, hit: Hit) -> "SourceRef":
+        s, text = hit.chunk.source, hit.chunk.text
+        flat = " ".join(text.split())
+        quote = flat[:200] + ("..." if len(flat) > 200 else "")
+        return cls(n, hit.chunk.chunk_id, s.path, s.page, s.heading_path, (s.start, s.end), hit.chunk.doc_version,
+                   hit.score, hit.dense_score, quote, text)
+
+    def label(self) -> str:
+        """`file, p. N, heading > subheading`, as `Source.label`."""
+        return Source(self.file, self.page, self.heading_path, *self.span).label()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "heading_path": list(self.heading_path), "span": list(self.span)}
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A citation `[n]` of an answer and its check against source n (`loradex.cite`, lexical checks only).
+
+    `verified`: source n supports the sentence that cites it; `added`: loradex attributed the citation to a
+    sentence the model left uncited; `quote`: the supporting words of the passage; `reasons`: one per
+    citing sentence, why it was or was not verified."""
+
+    n: int
+    chunk_id: str
+    source: str
+    quote: str
+    verified: bool
+    added: bool
+    reasons: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A cited answer with its route and adapter.
+
+    `answer` is the generated text with citations of missing sources removed; `abstained` is true when the
+    documents did not cover the question (no generation, or the model said so without citing);
+    `flagged` holds cited sentences no cited passage supports (`sentence`, `cited`, `supported_by`);
+    `timings_ms` are milliseconds per stage (route, load, retrieve, prompt, generate, verify); `usage` has
+    token counts and the best dense score; `adapter` is `domain@sha256:<12 hex>`, None for the base model."""
+
+    question: str
+    answer: str
+    citations: tuple[Citation, ...] = ()
+    sources: tuple[SourceRef, ...] = ()
+    abstained: bool = False
+    flagged: tuple[dict, ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)
+    route: Route = field(default_factory=lambda: Route(None, 0.0))
+    adapter: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "answer": self.answer,
+                "citations": [c.to_dict() for c in self.citations], "sources": [s.to_dict() for s in self.sources],
+                "abstained": self.abstained, "flagged": list(self.flagged), "timings_ms": dict(self.timings_ms),
+                "usage": dict(self.usage), "route": self.route.to_dict(), "adapter": self.adapter}

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from loradex.server.app import ThreadedServer
+from loradex.testing import ThreadedServer
 
 from .test_server import _project
 

@@ -11,7 +11,7 @@ import pytest
 from loradex.engine.echo import EchoEngine
 from loradex.ingest.ingest import ingest
 from loradex.project import open_project
-from loradex.server.app import ThreadedServer
+from loradex.testing import ThreadedServer
 
 from .test_ingest import DOCS
 from .test_pipeline import ROUTED

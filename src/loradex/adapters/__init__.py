@@ -1,1 +1,2 @@
-"""LoRA adapters: training data (data.py), training (train.py), the versioned registry (registry.py)."""
+"""LoRA adapters: data.py (training JSONL), context.py (retrieval-aware examples), replay.py (against
+forgetting), train.py (the training loop), registry.py (versions, validation, activation, rollback)."""

@@ -12,12 +12,16 @@ that serves answers, so training and serving see the same prompt.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from ..cite import content_words, verify
 from ..prompt import NO_SOURCES, build_messages
 from ..retrieve import search
 from ..types import Filters, Hit
 from .data import Example
+
+if TYPE_CHECKING:
+    from ..project import Project
 
 
 def _gold(hits: list[Hit], answer: str) -> int | None:
@@ -29,8 +33,10 @@ def _gold(hits: list[Hit], answer: str) -> int | None:
     return best if overlap[best] >= 0.2 else None
 
 
-def with_context(project, examples: list[Example], *, k: int = 4, gold_share: float = 0.8,
+def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_share: float = 0.8,
                  domain: str | None = None, seed: int = 0) -> list[Example]:
+    """Each example rebuilt with `k` retrieved sources of `domain` (all domains when None) in the prompt; the
+    gold passage is among them for about `gold_share` of the examples (see the module docstring)."""
     rng = random.Random(seed)
     out = []
     for ex in examples:

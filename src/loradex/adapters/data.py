@@ -11,13 +11,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
 
-class DataError(ValueError):
-    """A training record is malformed; the message names the file, line and field."""
+__all__ = ["DataError", "Example", "data_sha256", "load_examples", "parse_record"]
 
 
 @dataclass(frozen=True)
 class Example:
+    """One training example: chat turns ending with the assistant's answer, and its line in the source file."""
+
     messages: tuple[dict, ...]  # system/user/assistant turns; the last one is the assistant answer
     line: int
 

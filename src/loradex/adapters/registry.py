@@ -19,29 +19,39 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..project import write_atomic
+from ..atomic import replace_dir, write_text
+from ..errors import AdapterError
+
+__all__ = ["AdapterError", "AdapterRef", "Registry", "adapter_version", "check_name", "validate"]
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-
-class AdapterError(ValueError):
-    """An adapter was refused or not found; the message says why and what to do."""
+# what `import_folder` keeps of a loradex export's manifest: its training record (hashes are recomputed)
+_KEPT_ON_IMPORT = ("hyperparameters", "metrics", "training_data_sha256", "chat_template_sha256",
+                   "system_message_sha256", "created_at")
 
 
 @dataclass(frozen=True)
 class AdapterRef:
+    """One registered adapter version: its domain, its full SHA-256 version and its folder."""
+
     domain: str
     version: str
     path: Path
 
     @property
     def label(self) -> str:
-        return f"{self.domain}@sha256:{self.version[:12]}"
+        """`domain@sha256:<first 12 hex digits>`: the name the engine and the answers know it by."""
+        return label(self.domain, self.version)
+
+
+def label(domain: str, version: str) -> str:
+    return f"{domain}@sha256:{version[:12]}"
 
 
 def adapter_version(folder: Path) -> str:
+    """SHA-256 over the SHA-256s of the two PEFT files: the version id of an adapter's content."""
     h = hashlib.sha256()
     for name in PEFT_FILES:
         h.update(hashlib.sha256((folder / name).read_bytes()).hexdigest().encode())
@@ -49,13 +59,18 @@ def adapter_version(folder: Path) -> str:
 
 
 def check_name(domain: str) -> str:
+    """`domain` when it is a valid adapter name; raises AdapterError otherwise."""
     if not _NAME.match(domain):
         raise AdapterError(f"invalid adapter name {domain!r}: use lower-case letters, digits, '-' and '_'")
     return domain
 
 
 def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], max_rank: int = 256) -> dict:
-    """Refuse anything that must not be served on this base; returns the adapter's PEFT config."""
+    """Refuse anything that must not be served on this base; returns the adapter's PEFT config.
+
+    `base` is the base model's identity (`name`, `sha256`), `base_shapes` maps its weight names to shapes.
+    Raises AdapterError for pickle files, a missing PEFT file, a non-LoRA type, a rank outside 1..max_rank,
+    files that do not match the manifest's hash, another base model, or LoRA shapes the base cannot take."""
     folder = Path(folder)
     pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
@@ -106,6 +121,8 @@ def _check_shapes(folder: Path, cfg: dict, base_shapes: dict[str, tuple[int, ...
 
 
 class Registry:
+    """The adapters under `root` (`.loradex/adapters`) for the base model `base` (see `validate`)."""
+
     def __init__(self, root: Path, base: dict, base_shapes: dict[str, tuple[int, ...]]):
         self.root = Path(root)
         self.base = base
@@ -119,7 +136,8 @@ class Registry:
         return json.loads(path.read_text()) if path.is_file() else {"version": None, "history": []}
 
     def register(self, folder: Path, domain: str, manifest: dict) -> AdapterRef:
-        """Validate a PEFT folder and copy it in under its content hash (idempotent)."""
+        """Validate a PEFT folder and copy it in under its content hash, with `manifest` (training record) plus
+        the hashes, base model and size (idempotent). Raises AdapterError when it fails validation."""
         check_name(domain)
         validate(folder, self.base, self.base_shapes)
         version = adapter_version(folder)
@@ -135,13 +153,38 @@ class Registry:
                     "files": {n: hashlib.sha256((tmp / n).read_bytes()).hexdigest() for n in PEFT_FILES},
                     "size_bytes": sum((tmp / n).stat().st_size for n in PEFT_FILES),
                     "created_at": manifest.get("created_at", time.time())}
-            write_atomic(tmp / "manifest.json", json.dumps(full, indent=1, sort_keys=True))
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
+            write_text(tmp / "manifest.json", json.dumps(full, indent=1, sort_keys=True))
+            replace_dir(tmp, dest)
         return AdapterRef(domain, version, dest)
 
+    def import_folder(self, folder: Path, domain: str, *, activate: bool = False) -> AdapterRef:
+        """Register a PEFT folder trained elsewhere (or a loradex export, whose training record is kept) and
+        optionally activate it. Raises AdapterError when it is refused or its manifest is unreadable."""
+        folder = Path(folder)
+        kept: dict = {}
+        if (folder / "manifest.json").is_file():
+            try:
+                loaded = json.loads((folder / "manifest.json").read_text())
+            except (OSError, ValueError) as e:
+                raise AdapterError(f"{folder / 'manifest.json'}: unreadable ({e})") from None
+            kept = {k: v for k, v in loaded.items() if k in _KEPT_ON_IMPORT}
+        ref = self.register(folder, domain, {**kept, "imported_from": str(folder.resolve())})
+        if activate:
+            self.activate(domain, ref.version)
+        return ref
+
+    def export(self, ref: AdapterRef, dest: Path) -> Path:
+        """Copy a version out as a plain PEFT folder with its manifest (for another project, PEFT or vLLM).
+        Raises AdapterError when `dest` exists."""
+        dest = Path(dest)
+        if dest.exists():
+            raise AdapterError(f"{dest} exists; give a new folder")
+        shutil.copytree(ref.path, dest)
+        return dest
+
     def resolve(self, domain: str, version: str | None = None) -> AdapterRef:
-        """A version by (a prefix of) its hash, or the active one."""
+        """A version by (a prefix of) its hash, with or without `sha256:`, or the active one. Raises
+        AdapterError when none or several match, or the domain has no active version."""
         d = self._domain_dir(domain)
         if version is None:
             version = self._pointer(domain)["version"]
@@ -162,15 +205,18 @@ class Registry:
         return self.resolve(domain)
 
     def manifest(self, ref: AdapterRef) -> dict:
+        """The version's manifest.json: hashes, base model, hyperparameters, metrics."""
         return json.loads((ref.path / "manifest.json").read_text())
 
     def activate(self, domain: str, version: str) -> AdapterRef:
+        """Validate a version and make it the domain's active one (the previous one goes on the rollback
+        history). Raises AdapterError when it is unknown, ambiguous or fails validation."""
         ref = self.resolve(domain, version)
         validate(ref.path, self.base, self.base_shapes)
         pointer = self._pointer(domain)
         if pointer["version"] != ref.version:
             history = pointer["history"] + ([pointer["version"]] if pointer["version"] else [])
-            write_atomic(self._domain_dir(domain) / "active.json",
+            write_text(self._domain_dir(domain) / "active.json",
                          json.dumps({"version": ref.version, "history": history[-50:], "activated_at": time.time()}))
         return ref
 
@@ -181,29 +227,32 @@ class Registry:
             raise AdapterError(f"{domain!r} has no active adapter to roll back")
         history = list(pointer["history"])
         previous = history.pop() if history else None
-        write_atomic(self._domain_dir(domain) / "active.json",
+        write_text(self._domain_dir(domain) / "active.json",
                      json.dumps({"version": previous, "history": history, "activated_at": time.time()}))
         return self.resolve(domain, previous) if previous else None
 
     def remove(self, domain: str, version: str) -> AdapterRef:
+        """Delete a version that is not active. Raises AdapterError when it is active or unknown."""
         ref = self.resolve(domain, version)
         pointer = self._pointer(domain)
         if ref.version == pointer["version"]:
             raise AdapterError(f"{ref.label} is active: activate another version or roll back first")
         if ref.version in pointer["history"]:
-            write_atomic(self._domain_dir(domain) / "active.json",
+            write_text(self._domain_dir(domain) / "active.json",
                          json.dumps({**pointer, "history": [v for v in pointer["history"] if v != ref.version]}))
         shutil.rmtree(ref.path)
         return ref
 
-    def list(self) -> list[dict]:
+    def versions(self) -> list[dict]:
+        """Every registered version, by domain then age: domain, version, label, active, size_bytes,
+        created_at, metrics."""
         rows = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
             active = self._pointer(d.name)["version"]
             for v in sorted((p for p in d.iterdir() if p.is_dir() and not p.name.endswith(".tmp")),
                             key=lambda p: p.stat().st_mtime):
                 m = json.loads((v / "manifest.json").read_text())
-                rows.append({"domain": d.name, "version": v.name, "label": f"{d.name}@sha256:{v.name[:12]}",
+                rows.append({"domain": d.name, "version": v.name, "label": label(d.name, v.name),
                              "active": v.name == active, "size_bytes": m.get("size_bytes"),
                              "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
         return rows

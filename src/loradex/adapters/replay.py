@@ -95,8 +95,8 @@ def base_answers(engine, system: str, cache_dir: Path | None = None, base_sha: s
     `engine` must serve the bare base model (no adapter); with `engine_factory` instead, the engine is only
     built when the answers are not cached.
     """
+    from ..atomic import write_text
     from ..engine import GenerationRequest
-    from ..project import write_atomic
 
     path = cache_dir / f"replay-{_cache_key(base_sha, system, prompts, max_new_tokens)}.json" if cache_dir else None
     if path is not None and path.is_file():
@@ -109,12 +109,11 @@ def base_answers(engine, system: str, cache_dir: Path | None = None, base_sha: s
         answers += [g.text.strip() for g in engine.generate(requests[s : s + batch])]
     pairs = [(p, a) for p, a in zip(prompts, answers) if a]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(pairs))
+        write_text(path, json.dumps(pairs))
     return pairs
 
 
-def mix(examples: list[Example], pairs: list[tuple[str, str]], share: float, seed: int = 0) -> list[Example]:
+def mix_replay(examples: list[Example], pairs: list[tuple[str, str]], share: float, seed: int = 0) -> list[Example]:
     """`examples` plus round(share * len(examples)) replay examples (at most the whole pool), shuffled in."""
     if share <= 0 or not pairs:
         return list(examples)

@@ -17,32 +17,46 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from ..atomic import replace_dir, write_text
+from ..errors import DataError
 from ..prompt import system_message
-from ..project import write_atomic
 from .data import Example, data_sha256
+
+if TYPE_CHECKING:
+    from ..project import Project
+    from .registry import AdapterRef
 
 Progress = Callable[[int, int, float], None]  # step, total steps, latest loss
 
 
+def _setting(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 3
-    max_steps: int | None = None
-    lr: float = 2e-3
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    batch_size: int = 4
-    max_seq_len: int = 1024
-    eval_fraction: float = 0.1
-    patience: int = 2
-    warmup_steps: int = 5
-    save_every: int = 10
-    seed: int = 0
-    replay: float = 0.25  # general prompts with the base model's own answers, as a share of the examples (0: off)
+    """LoRA training settings; each field's `help` is also the `loradex train` flag's help (one default,
+    one text: the CLI reads them from here)."""
+
+    epochs: int = _setting(3, "Passes over the training split.")
+    max_steps: int | None = _setting(None, "Cap on optimizer steps (quick checks).")
+    lr: float = _setting(2e-3, "Learning rate (AdamW, linear decay after warm-up).")
+    rank: int = _setting(8, "LoRA rank r.")
+    alpha: int = _setting(16, "LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = _setting(0.05, "LoRA dropout.")
+    target_modules: tuple[str, ...] = _setting(("q_proj", "k_proj", "v_proj", "o_proj"),
+                                               "Linear layers that get LoRA weights.")
+    batch_size: int = _setting(4, "Examples per step.")
+    max_seq_len: int = _setting(1024, "Tokens per example (the prompt is cut first).")
+    eval_fraction: float = _setting(0.1, "Share of the examples held out for the evaluation loss.")
+    patience: int = _setting(2, "Evaluations without improvement before stopping early.")
+    warmup_steps: int = _setting(5, "Steps of linear learning-rate warm-up.")
+    save_every: int = _setting(10, "Checkpoint every N steps (for resuming).")
+    seed: int = _setting(0, "Seed of the split, the shuffles and the LoRA initialisation.")
+    replay: float = _setting(0.25, "Share of general prompts answered by the base model mixed in against "
+                                   "forgetting (0: off; benchmarks/adapter_effect.py).")
 
 
 @dataclass
@@ -52,13 +66,14 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def encode(tokenizer, messages: tuple[dict, ...], system: str, max_len: int) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer, messages: tuple[dict, ...], system: str, max_len: int) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 on the prompt) for one example, with the serving chat template."""
     msgs = list(messages) if messages[0]["role"] == "system" else [{"role": "system", "content": system}, *messages]
     prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(msgs, tokenize=False)
     if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
+        raise DataError("the base model's chat template does not render the prompt as a prefix of the full "
+                        "conversation, so answer tokens cannot be told apart: use another base model")
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
     if len(p_ids) + len(a_ids) > max_len:  # keep the whole answer; drop the prompt's oldest tokens
@@ -67,7 +82,7 @@ def encode(tokenizer, messages: tuple[dict, ...], system: str, max_len: int) -> 
     return p_ids + a_ids, [-100] * len(p_ids) + a_ids
 
 
-def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_holdout(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(examples) * fraction))
@@ -133,32 +148,56 @@ def _save_checkpoint(model, optimizer, scheduler, state: dict, folder: Path, tor
     model.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, folder)
 
 
-def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, settings: TrainSettings,
-               project_name: str, progress: Progress | None = None) -> TrainResult:
-    """Train and return the best adapter's folder (under work_dir/best) and metrics."""
-    import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+@dataclass
+class _Run:
+    """The state of one training run that its pieces share (model, optimizer, rows, counters)."""
+
+    settings: TrainSettings
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train_rows: list
+    eval_rows: list
+    pad: int
+    total: int
+    steps_per_epoch: int
+    best_dir: Path
+    state: dict = field(default_factory=lambda: {"step": 0, "best_eval": None, "bad_epochs": 0, "history": [],
+                                                 "train_tokens": 0, "seconds": 0.0})
+
+    def evaluate_and_keep(self, step: int, torch) -> bool:
+        """Held-out loss; saves the adapter if it is the best so far. True: stop early."""
+        state, t_eval = self.state, time.perf_counter()
+        loss = _eval_loss(self.model, self.eval_rows, self.settings, self.pad, torch)
+        state["eval_seconds"] = state.get("eval_seconds", 0.0) + time.perf_counter() - t_eval
+        state["history"].append({"step": step, "eval_loss": loss})
+        if state["best_eval"] is None or loss < state["best_eval"]:
+            state.update(best_eval=loss, best_step=step, bad_epochs=0)
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            self.model.save_pretrained(self.best_dir)
+        else:
+            state["bad_epochs"] += 1
+        return state["bad_epochs"] >= self.settings.patience
+
+
+def _start(model_dir: Path, examples: list[Example], work_dir: Path, settings: TrainSettings,
+           project_name: str, torch) -> _Run:
+    """Tokenise the split examples, load the base model with fresh LoRA weights and the optimizer."""
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     system = system_message(project_name)
-    train_ex, eval_ex = split(examples, settings.eval_fraction, settings.seed)
-    train_rows = [encode(tokenizer, e.messages, system, settings.max_seq_len) for e in train_ex]
-    eval_rows = [encode(tokenizer, e.messages, system, settings.max_seq_len) for e in eval_ex]
+    train_ex, eval_ex = split_holdout(examples, settings.eval_fraction, settings.seed)
+    train_rows = [encode_example(tokenizer, e.messages, system, settings.max_seq_len) for e in train_ex]
+    eval_rows = [encode_example(tokenizer, e.messages, system, settings.max_seq_len) for e in eval_ex]
     steps_per_epoch = math.ceil(len(train_rows) / settings.batch_size)
     total = min(settings.max_steps or 10**9, steps_per_epoch * settings.epochs)
-
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
@@ -166,78 +205,104 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(settings.warmup_steps, total), total)
+    return _Run(settings, model, optimizer, scheduler, train_rows, eval_rows, pad, total, steps_per_epoch,
+                work_dir / "best")
 
-    ckpt, best_dir = work_dir / "checkpoint", work_dir / "best"
-    state = {"step": 0, "best_eval": None, "bad_epochs": 0, "history": [], "train_tokens": 0, "seconds": 0.0}
-    if (ckpt / "state.json").is_file():  # resume after an interruption
-        state = json.loads((ckpt / "state.json").read_text())
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
-        opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(opt["optimizer"])
-        scheduler.load_state_dict(opt["scheduler"])
-    resumed_from = state["step"]
 
-    def evaluate_and_keep(step: int) -> bool:
-        """Held-out loss; saves the adapter if it is the best so far. True: stop early."""
-        t_eval = time.perf_counter()
-        loss = _eval_loss(model, eval_rows, settings, pad, torch)
-        state["eval_seconds"] = state.get("eval_seconds", 0.0) + time.perf_counter() - t_eval
-        state["history"].append({"step": step, "eval_loss": loss})
-        if state["best_eval"] is None or loss < state["best_eval"]:
-            state.update(best_eval=loss, best_step=step, bad_epochs=0)
-            shutil.rmtree(best_dir, ignore_errors=True)
-            model.save_pretrained(best_dir)
-        else:
-            state["bad_epochs"] += 1
-        return state["bad_epochs"] >= settings.patience
+def _resume(run: _Run, ckpt: Path, torch) -> None:
+    """Continue from the checkpoint of an interrupted run, when there is one."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    if state["best_eval"] is None and state["step"] == 0:
-        evaluate_and_keep(0)  # the untrained adapter (identity) is the baseline to beat
-    t_start = time.perf_counter() - state["seconds"]
+    if not (ckpt / "state.json").is_file():
+        return
+    run.state = json.loads((ckpt / "state.json").read_text())
+    set_peft_model_state_dict(run.model, load_file(str(ckpt / "adapter_model.safetensors")))
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    run.optimizer.load_state_dict(opt["optimizer"])
+    run.scheduler.load_state_dict(opt["scheduler"])
+
+
+def _step(run: _Run, ids, labels, mask, torch) -> float:
+    """One optimizer step on one batch; returns its loss."""
+    out = run.model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    loss = out.loss.item()
+    del out  # the logits (batch x length x vocabulary) would otherwise live through the next forward
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    return loss
+
+
+def _loop(run: _Run, ckpt: Path, t_start: float, progress: Progress | None, torch) -> bool:
+    """Train until the step budget is spent or the held-out loss stops improving; True when stopped early."""
+    state, settings = run.state, run.settings
     stopped_early = False
-    while state["step"] < total and not stopped_early:
-        epoch, offset = divmod(state["step"], steps_per_epoch)
-        order = list(range(len(train_rows)))
+    while state["step"] < run.total and not stopped_early:
+        epoch, offset = divmod(state["step"], run.steps_per_epoch)
+        order = list(range(len(run.train_rows)))
         random.Random(settings.seed + epoch).shuffle(order)
-        rows = [train_rows[i] for i in order]
-        for ids, labels, mask in list(_batches(rows, settings.batch_size, pad, torch))[offset:]:
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            out.loss.backward()
-            loss = out.loss.item()
-            del out  # the logits (batch x length x vocabulary) would otherwise live through the next forward
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+        rows = [run.train_rows[i] for i in order]
+        for ids, labels, mask in list(_batches(rows, settings.batch_size, run.pad, torch))[offset:]:
+            loss = _step(run, ids, labels, mask, torch)
             state["step"] += 1
             state["train_tokens"] += int(mask.sum())
             state["history"].append({"step": state["step"], "loss": loss})
             if progress:
-                progress(state["step"], total, loss)
-            end_of_epoch = state["step"] % steps_per_epoch == 0
-            if end_of_epoch or state["step"] == total:
-                stopped_early = evaluate_and_keep(state["step"])
-            if state["step"] % settings.save_every == 0 or end_of_epoch or state["step"] == total or stopped_early:
+                progress(state["step"], run.total, loss)
+            last = state["step"] >= run.total
+            end_of_epoch = state["step"] % run.steps_per_epoch == 0
+            if end_of_epoch or last:
+                stopped_early = run.evaluate_and_keep(state["step"], torch)
+            if state["step"] % settings.save_every == 0 or end_of_epoch or last or stopped_early:
                 state["seconds"] = time.perf_counter() - t_start
-                _save_checkpoint(model, optimizer, scheduler, state, ckpt, torch)
-            if state["step"] >= total or stopped_early:
+                _save_checkpoint(run.model, run.optimizer, run.scheduler, state, ckpt, torch)
+            if last or stopped_early:
                 break
+    return stopped_early
+
+
+def _metrics(run: _Run, resumed_from: int, stopped_early: bool, seconds: float) -> dict:
+    state, history = run.state, run.state["history"]
+    return {"steps": state["step"], "best_step": state.get("best_step", 0), "best_eval_loss": state["best_eval"],
+            "initial_eval_loss": next(h["eval_loss"] for h in history if "eval_loss" in h),
+            "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+            "stopped_early": stopped_early, "resumed_from_step": resumed_from,
+            "train_examples": len(run.train_rows), "eval_examples": len(run.eval_rows),
+            "train_tokens": state["train_tokens"], "seconds": round(seconds, 1),
+            "eval_seconds": round(state.get("eval_seconds", 0.0), 1),
+            "tokens_per_s": round(state["train_tokens"] / seconds, 1) if seconds > 0 else None}
+
+
+def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, settings: TrainSettings,
+               project_name: str, progress: Progress | None = None) -> TrainResult:
+    """Train a LoRA adapter on `model_dir` and return the best one (under work_dir/best) with its metrics.
+
+    Resumes from work_dir/checkpoint when an earlier run was interrupted. Raises DataError when the base
+    model's chat template cannot separate prompt from answer."""
+    import torch
+
+    run = _start(model_dir, examples, work_dir, settings, project_name, torch)
+    ckpt = work_dir / "checkpoint"
+    _resume(run, ckpt, torch)
+    resumed_from = run.state["step"]
+    if run.state["best_eval"] is None and run.state["step"] == 0:
+        run.evaluate_and_keep(0, torch)  # the untrained adapter (identity) is the baseline to beat
+    t_start = time.perf_counter() - run.state["seconds"]
+    stopped_early = _loop(run, ckpt, t_start, progress, torch)
     seconds = time.perf_counter() - t_start
-    plot_losses(state["history"], best_dir / "loss_curve.png")
-    metrics = {"steps": state["step"], "best_step": state.get("best_step", 0), "best_eval_loss": state["best_eval"],
-               "initial_eval_loss": next(h["eval_loss"] for h in state["history"] if "eval_loss" in h),
-               "final_train_loss": next((h["loss"] for h in reversed(state["history"]) if "loss" in h), None),
-               "stopped_early": stopped_early, "resumed_from_step": resumed_from, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
-               "train_tokens": state["train_tokens"], "seconds": round(seconds, 1),
-               "eval_seconds": round(state.get("eval_seconds", 0.0), 1),
-               "tokens_per_s": round(state["train_tokens"] / seconds, 1) if seconds > 0 else None}
-    write_atomic(work_dir / "result.json", json.dumps({"metrics": metrics, "history": state["history"]}))
-    return TrainResult(metrics, best_dir, state["history"])
+    plot_losses(run.state["history"], run.best_dir / "loss_curve.png")
+    metrics = _metrics(run, resumed_from, stopped_early, seconds)
+    write_text(work_dir / "result.json", json.dumps({"metrics": metrics, "history": run.state["history"]}))
+    return TrainResult(metrics, run.best_dir, run.state["history"])
 
 
-def train(project, domain: str, examples: list[Example], settings: TrainSettings, *,
-          progress: Progress | None = None, activate: bool = False):
-    """Train an adapter for `domain` from `examples` and register it; returns (AdapterRef, metrics)."""
+def train(project: Project, domain: str, examples: list[Example], settings: TrainSettings, *,
+          progress: Progress | None = None, activate: bool = False) -> tuple[AdapterRef, dict]:
+    """Train an adapter for `domain` from `examples`, register it (and activate it when asked); returns the
+    new version and its training metrics. Raises AdapterError for an invalid domain name."""
     from .registry import check_name
 
     check_name(domain)
@@ -245,17 +310,17 @@ def train(project, domain: str, examples: list[Example], settings: TrainSettings
     base_dir = project.base_model_dir
     data_hash = data_sha256(examples)
     work = project.state_dir / "train" / f"{domain}-{run_id(data_hash, settings, registry.base['sha256'])}"
-    tokenizer_template = (base_dir / "chat_template.jinja")
-    template = tokenizer_template.read_text() if tokenizer_template.is_file() else ""
+    template_file = base_dir / "chat_template.jinja"
+    template = template_file.read_text() if template_file.is_file() else ""
     n_domain = len(examples)
     if settings.replay > 0:
         from ..engine.local import LocalEngine
-        from .replay import base_answers, mix
+        from .replay import base_answers, mix_replay
 
         cache = project.state_dir / "replay"
         pairs = base_answers(None, system_message(project.config.name), cache, registry.base["sha256"],
                              engine_factory=lambda: LocalEngine(base_dir))
-        examples = mix(examples, pairs, settings.replay, settings.seed)
+        examples = mix_replay(examples, pairs, settings.replay, settings.seed)
     result = train_lora(base_dir, examples, work, settings, project.config.name, progress)
     result.metrics["replay_examples"] = len(examples) - n_domain
     manifest = {"hyperparameters": asdict(settings), "metrics": result.metrics, "training_data_sha256": data_hash,

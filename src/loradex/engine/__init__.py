@@ -1,39 +1,64 @@
-"""The Engine protocol: chat messages in, text out; batched, streaming, with stop sequences.
+"""The Engine protocol: chat messages in, text out; batched, streaming, with stop sequences and adapters.
 
-Backends: `local` (transformers on this machine) and `echo` (a deterministic fake for tests).
+Backends are named in `loradex.backends.ENGINES`: `local` (transformers + PEFT on this machine) and `echo`
+(a deterministic fake for tests). Every backend passes `tests/contract/test_engine.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Protocol, Sequence
+
+__all__ = ["Engine", "Generation", "GenerationRequest", "cut_at_stop"]
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One chat completion to generate.
+
+    `messages`: `{"role", "content"}` dicts in order; `max_new_tokens`: the budget in model tokens;
+    `stop`: strings that end the answer (the text is cut before the first one; the end-of-sequence token
+    always stops); `temperature`: 0 is greedy decoding, above 0 samples; `adapter`: the name a loaded
+    adapter was given in `Engine.load_adapter`, None for the bare base model."""
+
     messages: tuple[dict, ...]
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     temperature: float = 0.0
-    adapter: str | None = None  # a loaded adapter's name; None is the bare base model
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
 class Generation:
+    """A generated answer: its text (stop sequence cut, whitespace stripped), token counts, and why it ended:
+    `stop` (end of sequence or a stop string) or `length` (the token budget ran out). `timings_ms` has
+    `prompt` (milliseconds to the first new token) and `generate` (the rest)."""
+
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # stop | length
-    timings_ms: dict = field(default_factory=dict)  # prompt (to the first token), generate (the rest)
+    finish_reason: str
+    timings_ms: dict = field(default_factory=dict)
 
 
 class Engine(Protocol):
     name: str
+    stats: dict[str, int]  # counters for /metrics: adapter_loads, adapter_evictions
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """One generation per request, in order; requests may be run as one batch."""
+        """One generation per request, in order. Requests may run as one batch, mixing adapters; each result
+        equals what the request would give alone. Raises EngineError when a request names an adapter that
+        was never loaded."""
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Text pieces as they are generated."""
+        """Text pieces as they are generated; joined (and stripped) they equal `generate([request])[0].text`."""
+
+    def load_adapter(self, name: str, path: str | Path) -> bool:
+        """Make the PEFT LoRA folder `path` servable as `name` on the shared base (the base weights never
+        change). Loading the same name from the same folder again is a no-op. True when it was (re)loaded."""
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of the adapters loaded now, least recently used first."""
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -6,15 +6,22 @@ citation checks without model weights.
 from __future__ import annotations
 
 import re
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
+from ..errors import EngineError
 from ..prompt import NO_SOURCES
 from . import Generation, GenerationRequest, cut_at_stop
+
+if TYPE_CHECKING:
+    from ..project import Project
 
 _SOURCE1 = re.compile(r"<source 1[^>]*>\n(.*?)\n</source 1>", re.S)
 
 
 class EchoEngine:
+    """The fake engine. `reply` fixes the answer (for tests of what happens to a given text); a word is a token."""
+
     name = "echo"
 
     def __init__(self, reply: str | None = None):
@@ -22,10 +29,12 @@ class EchoEngine:
         self.calls = 0
         self.adapters: dict[str, str] = {}  # name -> folder, as loaded (the echo answer ignores them)
         self.served: list[str | None] = []  # the adapter of every request generated, in order
+        self.stats = {"adapter_loads": 0, "adapter_evictions": 0}
 
-    def load_adapter(self, name: str, path) -> bool:
+    def load_adapter(self, name: str, path: str | Path) -> bool:
         fresh = self.adapters.get(name) != str(path)
         self.adapters[name] = str(path)
+        self.stats["adapter_loads"] += fresh
         return fresh
 
     def loaded_adapters(self) -> list[str]:
@@ -45,7 +54,7 @@ class EchoEngine:
         out = []
         for r in requests:
             if r.adapter is not None and r.adapter not in self.adapters:
-                raise ValueError(f"adapter {r.adapter!r} is not loaded")
+                raise EngineError(f"adapter {r.adapter!r} is not loaded; load it first (engine.load_adapter)")
             self.served.append(r.adapter)
             words = self._answer(r).split(" ")
             text, stopped = cut_at_stop(" ".join(words[: r.max_new_tokens]), r.stop)
@@ -58,3 +67,8 @@ class EchoEngine:
         text = self.generate([request])[0].text
         for i, word in enumerate(text.split(" ")):
             yield word if i == 0 else " " + word
+
+
+def from_project(project: Project) -> EchoEngine:
+    """The `echo` entry of `loradex.backends.ENGINES`: needs no model."""
+    return EchoEngine()

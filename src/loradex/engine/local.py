@@ -14,12 +14,20 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from ..errors import EngineError
 from . import Generation, GenerationRequest, cut_at_stop
+
+if TYPE_CHECKING:
+    from ..project import Project
 
 
 class LocalEngine:
+    """transformers + PEFT on `model_dir` (a Hugging Face folder of an instruction-tuned chat model), fp32, on
+    `device` (default: CUDA when present, else CPU), keeping at most `max_adapters` adapters loaded.
+    Raises EngineError when the model has no chat template."""
+
     def __init__(self, model_dir: str | Path, *, device: str | None = None, max_adapters: int = 4):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,7 +43,7 @@ class LocalEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
         if not self.tokenizer.chat_template:
-            raise ValueError(f"{model_dir} has no chat template; loradex needs an instruction-tuned chat model")
+            raise EngineError(f"{model_dir} has no chat template; loradex needs an instruction-tuned chat model")
         self.max_adapters = max_adapters
         self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> (path, PEFT slot), LRU order
         self._known: dict[str, str] = {}  # every adapter ever loaded: an evicted one is reloaded when asked for
@@ -98,7 +106,7 @@ class LocalEngine:
         for n in needed:
             if n not in self._adapters:
                 if n not in self._known:
-                    raise ValueError(f"adapter {n!r} is not loaded; load it first (engine.load_adapter)")
+                    raise EngineError(f"adapter {n!r} is not loaded; load it first (engine.load_adapter)")
                 self.load_adapter(n, self._known[n], keep=needed)  # evicted since: back, without evicting this batch's
         for n in set(names) - {None}:
             self._adapters.move_to_end(n)
@@ -113,6 +121,7 @@ class LocalEngine:
         return nullcontext(), {"adapter_names": [self._adapters[n][1] if n else "__base__" for n in names]}
 
     def prompt(self, messages: Sequence[dict]) -> str:
+        """The chat template applied to `messages`, ending where the assistant's answer starts."""
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     def _config(self, request: GenerationRequest, max_new_tokens: int):
@@ -182,7 +191,7 @@ class LocalEngine:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**enc, generation_config=self._config(request, request.max_new_tokens),
                       streamer=streamer, tokenizer=self.tokenizer, request=request)
-        thread = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
+        thread = threading.Thread(target=self._generate_for_streamer, kwargs=kwargs, daemon=True)
         thread.start()
         hold = max((len(s) for s in request.stop), default=0)
         buffer = ""
@@ -200,8 +209,13 @@ class LocalEngine:
                 yield buffer
         thread.join()
 
-    def _generate_quietly(self, request: GenerationRequest, **kwargs) -> None:
+    def _generate_for_streamer(self, request: GenerationRequest, **kwargs) -> None:
         with self._lock:
             context, extra = self._adapter_kwargs([request])
             with self.torch.inference_mode(), context:
                 self.model.generate(**kwargs, **extra)
+
+
+def from_project(project: Project) -> LocalEngine:
+    """The `local` entry of `loradex.backends.ENGINES`: the project's base model, its adapter limit."""
+    return LocalEngine(project.base_model_dir, max_adapters=project.config.adapters.max_loaded)

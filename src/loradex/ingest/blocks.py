@@ -10,7 +10,7 @@ import re
 from ..types import Block
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_LIST = re.compile(r"^\s{0,3}(?:[-*+]|\d{1,3}[.)])\s+\S")
+LIST_ITEM = re.compile(r"^\s{0,3}(?:[-*+\u2022]|\d{1,3}[.)])\s+\S")
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 _TABLE = re.compile(r"^\s*\|")
 
@@ -25,13 +25,14 @@ def _lines(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def _plain_heading(line: str, alone: bool) -> bool:
-    """A plain-text line reads as a heading: short, alone in its paragraph, no closing punctuation."""
+def heading_like(line: str) -> bool:
+    """A line of plain or extracted text reads as a title: at most 70 characters and 10 words, no closing
+    punctuation, not a list item. The one rule for text, PDF and HTML-less formats."""
     s = line.strip()
-    return alone and 0 < len(s) <= 70 and s[-1] not in ".,;:!?)" and not _LIST.match(line) and len(s.split()) <= 10
+    return 0 < len(s) <= 70 and len(s.split()) <= 10 and s[-1] not in ".,;:!?)" and not LIST_ITEM.match(s)
 
 
-class _Builder:
+class BlockBuilder:
     def __init__(self, page: int | None):
         self.blocks: list[Block] = []
         self.path: list[tuple[int, str]] = []
@@ -47,10 +48,10 @@ class _Builder:
 
 
 def scan(text: str, *, markdown: bool, offset: int = 0, page: int | None = None,
-         builder: _Builder | None = None) -> list[Block]:
+         builder: BlockBuilder | None = None) -> list[Block]:
     """Blocks of `text`; offsets are shifted by `offset` (for texts embedded in a larger document)."""
-    b = builder or _Builder(page)
-    b.page = page
+    blocks = builder or BlockBuilder(page)
+    blocks.page = page
     lines = _lines(text)
     i = 0
     while i < len(lines):
@@ -64,40 +65,40 @@ def scan(text: str, *, markdown: bool, offset: int = 0, page: int | None = None,
             while j < len(lines) and not lines[j][2].lstrip().startswith(fence):
                 j += 1
             j = min(j, len(lines) - 1)
-            b.add("code", offset + s, offset + lines[j][1])
+            blocks.add("code", offset + s, offset + lines[j][1])
             i = j + 1
             continue
         m = _HEADING.match(line) if markdown else None
         if m:
-            b.heading(len(m.group(1)), m.group(2), offset + s, offset + e)
+            blocks.heading(len(m.group(1)), m.group(2), offset + s, offset + e)
             i += 1
             continue
         if _TABLE.match(line):
             j = i
             while j + 1 < len(lines) and _TABLE.match(lines[j + 1][2]):
                 j += 1
-            b.add("table", offset + s, offset + lines[j][1])
+            blocks.add("table", offset + s, offset + lines[j][1])
             i = j + 1
             continue
-        if _LIST.match(line):
+        if LIST_ITEM.match(line):
             j = i
             while j + 1 < len(lines):
                 nxt = lines[j + 1][2]
-                if not nxt.strip() or _LIST.match(nxt) or _TABLE.match(nxt) or (markdown and _HEADING.match(nxt)):
+                if not nxt.strip() or LIST_ITEM.match(nxt) or _TABLE.match(nxt) or (markdown and _HEADING.match(nxt)):
                     break
                 j += 1
-            b.add("list_item", offset + s, offset + lines[j][1])
+            blocks.add("list_item", offset + s, offset + lines[j][1])
             i = j + 1
             continue
         j = i
         while j + 1 < len(lines):
             nxt = lines[j + 1][2]
-            if not nxt.strip() or _LIST.match(nxt) or _TABLE.match(nxt) or (markdown and (_HEADING.match(nxt) or _FENCE.match(nxt))):
+            if not nxt.strip() or LIST_ITEM.match(nxt) or _TABLE.match(nxt) or (markdown and (_HEADING.match(nxt) or _FENCE.match(nxt))):
                 break
             j += 1
-        if not markdown and j == i and _plain_heading(line, alone=True):
-            b.heading(1, line.strip(), offset + s + (len(line) - len(line.lstrip())), offset + e)
+        if not markdown and j == i and heading_like(line):
+            blocks.heading(1, line.strip(), offset + s + (len(line) - len(line.lstrip())), offset + e)
         else:
-            b.add("paragraph", offset + s + (len(line) - len(line.lstrip())), offset + lines[j][1])
+            blocks.add("paragraph", offset + s + (len(line) - len(line.lstrip())), offset + lines[j][1])
         i = j + 1
-    return b.blocks
+    return blocks.blocks

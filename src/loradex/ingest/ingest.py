@@ -13,13 +13,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from ..embed import Embedder
-from ..store import Store
+from ..errors import IndexMismatch, ParseError, QueryError
 from ..types import Chunk, DocMeta, ParsedDocument, Source
 from .chunk import chunk_document
-from .parse import ParseError, detect_format, parse_bytes
+from .parse import detect_format, parse_bytes
+
+if TYPE_CHECKING:
+    from ..embed import Embedder
+    from ..project import Project
+    from ..store import Store
+
+__all__ = ["IngestReport", "PendingDoc", "index_documents", "ingest", "make_chunks", "remove_documents", "walk"]
 
 Progress = Callable[[int, int], None]
 
@@ -38,6 +44,8 @@ class PendingDoc:
 
 @dataclass
 class IngestReport:
+    """What one ingest run did, by document id; `skipped` pairs a path with the reason; `seconds` is wall time."""
+
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -53,6 +61,7 @@ class IngestReport:
 
 
 def make_chunks(doc: PendingDoc, embedder: Embedder, max_tokens: int) -> list[Chunk]:
+    """The document's chunks (at most `max_tokens` embedder tokens each), ids derived from id and version."""
     key = hashlib.sha256(f"{doc.doc_id}\0{doc.version}".encode()).hexdigest()[:16]
     return [
         Chunk(f"{key}-{i}", doc.doc_id, i, doc.parsed.text[s.start : s.end],
@@ -113,9 +122,12 @@ def walk(roots: Sequence[Path], skipped: list[tuple[str, str]]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def ingest(project, paths: Sequence[str | Path] | None = None, *, prune: bool = False, rebuild: bool = False,
+def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune: bool = False, rebuild: bool = False,
            progress: Progress | None = None) -> IngestReport:
-    """Bring the index up to date with the files under `paths` (default: the config's `sources`)."""
+    """Bring the index up to date with the files under `paths` (default: the config's `sources`); relative
+    paths are read from the project. `rebuild` drops the index first; `prune` removes documents whose files
+    are gone; `progress(done, total)` is called per committed batch. Unreadable files are reported in the
+    report's `skipped`, never raised. Raises IndexMismatch when the index was built by another embedder."""
     t0 = time.perf_counter()
     report = IngestReport()
     roots = [Path(p) if Path(p).is_absolute() else project.root / p for p in (paths or project.config.sources)]
@@ -125,7 +137,7 @@ def ingest(project, paths: Sequence[str | Path] | None = None, *, prune: bool = 
         manifest = project.load_manifest()
         name = project.config.embedder
         if manifest.get("embedder") not in (None, name):
-            raise ValueError(f"the index was built with embedder {manifest['embedder']!r}, the config names "
+            raise IndexMismatch(f"the index was built with embedder {manifest['embedder']!r}, the config names "
                              f"{name!r}: run `loradex ingest --rebuild`")
         manifest["embedder"] = name
         known = manifest.setdefault("documents", {})
@@ -150,12 +162,12 @@ def ingest(project, paths: Sequence[str | Path] | None = None, *, prune: bool = 
         if prune:
             _prune(project, roots, files, manifest, report)
         if report.added or report.updated or report.removed:
-            project.store.finish()
+            project.store.build_indexes()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _changed(project, files: list[Path], known: dict, report: IngestReport) -> Iterable[PendingDoc]:
+def _changed(project: Project, files: list[Path], known: dict, report: IngestReport) -> Iterable[PendingDoc]:
     for f in files:
         doc_id = project.doc_id(f)
         try:
@@ -179,16 +191,31 @@ def _changed(project, files: list[Path], known: dict, report: IngestReport) -> I
         yield PendingDoc(doc_id, doc_id, version, mtime, meta, parsed)
 
 
-def _prune(project, roots: list[Path], files: list[Path], manifest: dict, report: IngestReport) -> None:
+def _prune(project: Project, roots: list[Path], files: list[Path], manifest: dict, report: IngestReport) -> None:
     present = {project.doc_id(f) for f in files}
     scopes = [project.doc_id(r) for r in roots]
     gone = [d for d in manifest["documents"]
             if d not in present and any(d == s or d.startswith(s.rstrip("/") + "/") for s in scopes)
             and not (project.root / d).exists()]
     if gone:
-        project.store.delete(gone)
-        for d in gone:
-            del manifest["documents"][d]
-        project.save_manifest(manifest)
+        _remove(project, manifest, gone)
         report.removed.extend(gone)
 
+
+def _remove(project: Project, manifest: dict, doc_ids: Sequence[str]) -> None:
+    project.store.delete(doc_ids)
+    for d in doc_ids:
+        del manifest["documents"][d]
+    project.save_manifest(manifest)
+
+
+def remove_documents(project: Project, doc_ids: Sequence[str]) -> list[str]:
+    """Remove documents from the index and the manifest (their files stay; the next ingest of their folder
+    adds them back). Returns the removed ids. Raises QueryError, removing nothing, when one is not indexed."""
+    with project.lock():
+        manifest = project.load_manifest()
+        missing = [d for d in doc_ids if d not in manifest["documents"]]
+        if missing:
+            raise QueryError(f"not indexed: {', '.join(missing)}; `loradex docs list` shows what is")
+        _remove(project, manifest, list(doc_ids))
+    return list(doc_ids)

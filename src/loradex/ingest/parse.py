@@ -13,18 +13,18 @@ import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 
+from ..errors import ParseError
 from ..types import ParsedDocument
-from .blocks import _Builder, scan
+from .blocks import LIST_ITEM, BlockBuilder, heading_like, scan
+
+__all__ = ["FORMATS", "ParseError", "detect_format", "parse_bytes", "parse_file", "pdf_paragraphs"]
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text",
            ".html": "html", ".htm": "html", ".pdf": "pdf", ".docx": "docx"}
 
 
-class ParseError(ValueError):
-    """The file cannot be ingested; str(e) is the reason."""
-
-
 def detect_format(path: Path) -> str | None:
+    """The format name of a file by its suffix (`FORMATS`), None when loradex does not read it."""
     return FORMATS.get(path.suffix.lower())
 
 
@@ -38,6 +38,8 @@ def _decode(data: bytes) -> str:
 
 
 def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
+    """Parse one file's bytes as `fmt` (a value of `FORMATS`). Raises ParseError with the reason when the file
+    is empty, undecodable, corrupt, encrypted, yields no text, or needs an extra that is not installed."""
     if not data.strip():
         raise ParseError("empty file")
     parser = {"markdown": _parse_markdown, "text": _parse_text, "html": _parse_html,
@@ -58,13 +60,13 @@ def _parse_text(data: bytes) -> ParsedDocument:
     return ParsedDocument(text, tuple(scan(text, markdown=False)), "text")
 
 
-class _Joiner:
+class _ExtractedText:
     """Builds a document text from extracted pieces, recording each piece's span."""
 
     def __init__(self):
         self.parts: list[str] = []
         self.pos = 0
-        self.builder = _Builder(None)
+        self.builder = BlockBuilder(None)
 
     def _append(self, text: str) -> int:
         """Append a piece after a blank line; returns where it starts in the document text."""
@@ -101,9 +103,9 @@ class _HTMLBlocks(HTMLParser):
     _BLOCK = {"p", "li", "pre", "blockquote", "dd", "dt", "caption", "div", "section", "article", "td", "th", "tr"}
     _SKIP = {"script", "style", "noscript", "template", "head", "nav", "svg"}
 
-    def __init__(self, joiner: _Joiner):
+    def __init__(self, joiner: _ExtractedText):
         super().__init__(convert_charrefs=True)
-        self.j = joiner
+        self.out = joiner
         self.buf: list[str] = []
         self.skip = 0
         self.heading = 0
@@ -115,7 +117,7 @@ class _HTMLBlocks(HTMLParser):
         text = " ".join("".join(self.buf).split())
         self.buf = []
         if text:
-            self.j.add(kind, text, level=self.heading)
+            self.out.add(kind, text, level=self.heading)
 
     def handle_starttag(self, tag, attrs):
         if tag in self._SKIP:
@@ -155,7 +157,7 @@ class _HTMLBlocks(HTMLParser):
             self.row = None
         elif tag == "table" and self.table is not None:
             rows, self.table = self.table, None
-            self.j.add("table", "\n".join("| " + " | ".join(r) + " |" for r in rows))
+            self.out.add("table", "\n".join("| " + " | ".join(r) + " |" for r in rows))
         elif tag in self._BLOCK and self.table is None:
             self._flush("list_item" if tag == "li" else "paragraph")
             if tag == "li":
@@ -172,19 +174,11 @@ class _HTMLBlocks(HTMLParser):
 
 def _parse_html(data: bytes) -> ParsedDocument:
     text = _decode(data)
-    j = _Joiner()
-    p = _HTMLBlocks(j)
+    out = _ExtractedText()
+    p = _HTMLBlocks(out)
     p.feed(text)
     p.close()
-    return j.done("html")
-
-
-def _short_title(line: str) -> bool:
-    s = line.strip()
-    return 0 < len(s) <= 70 and len(s.split()) <= 10 and s[-1] not in ".,;:!?)" and not _LIST_START.match(s)
-
-
-_LIST_START = re.compile(r"^(?:[-*\u2022]|\d{1,3}[.)])\s+")
+    return out.done("html")
 
 
 def pdf_paragraphs(text: str) -> str:
@@ -198,8 +192,8 @@ def pdf_paragraphs(text: str) -> str:
         if out:
             ended = prev.rstrip()[-1:] in ".!?:"
             starts = line.lstrip()[:1]
-            if (_short_title(prev) and ended is False and not prev.rstrip().endswith(",")) \
-                    or _LIST_START.match(line.lstrip()) \
+            if (heading_like(prev) and ended is False and not prev.rstrip().endswith(",")) \
+                    or LIST_ITEM.match(line.lstrip()) \
                     or (ended and (starts.isupper() or starts.isdigit())):
                 out.append("")
         out.append(line)
@@ -219,10 +213,10 @@ def _parse_pdf(data: bytes) -> ParsedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise ParseError("encrypted PDF: remove the password and ingest again")
-        j = _Joiner()
+        out = _ExtractedText()
         for n, page in enumerate(reader.pages, start=1):
-            j.add_scanned(pdf_paragraphs(page.extract_text() or ""), page=n)
-        return j.done("pdf", pages=len(reader.pages))
+            out.add_scanned(pdf_paragraphs(page.extract_text() or ""), page=n)
+        return out.done("pdf", pages=len(reader.pages))
     except ParseError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as e:
@@ -244,27 +238,29 @@ def _parse_docx(data: bytes) -> ParsedDocument:
         raise ParseError(f"corrupt DOCX ({type(e).__name__}: {e})") from None
     except Exception as e:
         raise ParseError(f"unreadable DOCX ({type(e).__name__}: {e})") from None
-    j = _Joiner()
+    out = _ExtractedText()
     for el in d.element.body.iterchildren():
         tag = el.tag.rsplit("}", 1)[-1]
         if tag == "p":
             para = Paragraph(el, d)
             style = (para.style.name if para.style is not None else "") or ""
             if style.startswith("Heading") and style[7:].strip().isdigit():
-                j.add("heading", para.text, level=int(style[7:].strip()))
+                out.add("heading", para.text, level=int(style[7:].strip()))
             elif style == "Title":
-                j.add("heading", para.text, level=1)
+                out.add("heading", para.text, level=1)
             elif style.startswith("List") or el.pPr is not None and el.pPr.numPr is not None:
-                j.add("list_item", para.text)
+                out.add("list_item", para.text)
             else:
-                j.add("paragraph", para.text)
+                out.add("paragraph", para.text)
         elif tag == "tbl":
             rows = ["| " + " | ".join(c.text.strip() for c in row.cells) + " |" for row in Table(el, d).rows]
-            j.add("table", "\n".join(rows))
-    return j.done("docx")
+            out.add("table", "\n".join(rows))
+    return out.done("docx")
 
 
 def parse_file(path: Path) -> ParsedDocument:
+    """Parse the file at `path` by its suffix. Raises ParseError as `parse_bytes` does, and for an unsupported
+    suffix."""
     fmt = detect_format(path)
     if fmt is None:
         raise ParseError(f"unsupported format {path.suffix or '(no extension)'}: use .md .txt .html .pdf .docx")

@@ -417,29 +417,6 @@ def create_app(project, *, max_batch: int | None = None, window_ms: float | None
     return app
 
 
-class ThreadedServer:
-    """`app` served by uvicorn on a background thread (tests, benchmarks, a notebook). Port 0 picks a free one;
-    `url` is set once the server accepts connections; `stop()` shuts it down."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start on {host}:{port}")
-            time.sleep(0.05)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def serve(project, host: str, port: int) -> None:  # pragma: no cover - exercised by the CLI and the load benchmark
     import uvicorn
 

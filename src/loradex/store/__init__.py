@@ -1,50 +1,55 @@
-"""The Store protocol and the backend registry.
+"""The Store protocol: chunks with their vectors and metadata, searched dense or by keyword under filters.
 
-A store keeps chunks with their vectors and metadata, and answers dense and keyword searches
-under filters. Backends are imported by name only when opened, so an optional backend's
-library is needed only by those who use it.
+Backends are named in `loradex.backends.STORES` and imported only when opened, so an optional backend's
+library is needed only by those who use it. Every backend passes `tests/contract/test_store.py`.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from ..errors import StoreError
 from ..types import Chunk, Filters
 
-BACKENDS = {"lancedb": "loradex.store.lancedb:LanceStore"}
+__all__ = ["Store", "StoreError", "open_store"]
 
 
 class Store(Protocol):
+    dim: int
+
     def replace(self, doc_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        """Atomically make `chunks` the only chunks of `doc_ids`: a reader sees all old or all new."""
+        """Atomically make `chunks` (with `vectors`, shape (len(chunks), dim), float32) the only chunks of
+        `doc_ids`: a concurrent reader sees all the old chunks of those documents or all the new ones."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
-        """Remove every chunk of these documents in one commit."""
+        """Remove every chunk of these documents in one commit (unknown ids are ignored)."""
 
-    def search(self, *, vector: np.ndarray | None = None, text: str | None = None, k: int = 10,
-               filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
-        """Dense search (vector, score = cosine) or keyword search (text, score = BM25), best first."""
+    def search_vector(self, vector: np.ndarray, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
+        """The `k` chunks nearest to `vector` (shape (dim,)) under `filters`, best first, each with its cosine
+        similarity in [-1, 1]. Raises StoreError when `vector` has another dimension than the index."""
+
+    def search_text(self, text: str, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
+        """The `k` best keyword matches for `text` under `filters`, best first, each with its BM25 score
+        (>= 0, unbounded); [] for a blank text or an empty store. `text` is matched as words, never as a
+        query language, so quotes and operators in it are plain characters."""
 
     def chunks(self, doc_id: str) -> list[Chunk]:
-        """Every chunk of one document, in order."""
+        """Every chunk of one document, in order (ordinal ascending); [] for an unknown id."""
 
     def count(self) -> int:
         """Number of chunks stored."""
 
-    def finish(self) -> None:
-        """Bring search indexes up to date after writes (may be slow; call once per ingest run)."""
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used; the message says what to do."""
+    def build_indexes(self) -> None:
+        """Bring search indexes up to date after writes (may be slow; call once per ingest run). Searches are
+        complete without it, only slower."""
 
 
 def open_store(backend: str, uri: str | Path, dim: int, *, reset: bool = False) -> Store:
-    """Open (or create) the store; `reset=True` drops everything it held first."""
-    if backend not in BACKENDS:
-        raise StoreError(f"unknown store backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
-    module, cls = BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module), cls)(uri, dim, reset=reset)
+    """Open (or create) the store of `backend` at `uri` for `dim`-dimensional vectors; `reset=True` drops
+    everything it held first. Raises StoreError for an unknown backend, IndexMismatch when the index at
+    `uri` holds vectors of another dimension."""
+    from ..backends import STORES, load
+
+    return load(STORES, backend, "store backend", StoreError)(uri, dim, reset=reset)

@@ -3,7 +3,8 @@
 Each write is one Lance commit (a new table version), so a document's chunks are replaced
 atomically with `merge_insert(...).when_not_matched_by_source_delete(...)`: a concurrent reader
 sees the previous version or the new one. Rows not yet in the full-text index are still searched
-(flat), so results are complete before `finish()` rebuilds the index.
+(flat), so results are complete before `build_indexes()` rebuilds the index. Dense scores are cosine
+similarities (1 - LanceDB's cosine distance); keyword scores are LanceDB's BM25.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from ..errors import IndexMismatch, StoreError
 from ..types import Chunk, DocMeta, Filters, Source
 
 TABLE = "chunks"
@@ -43,6 +45,8 @@ def where_clause(f: Filters) -> str | None:
 
 
 class LanceStore:
+    """The embedded store (see the module docstring); `uri` is a folder, created when missing."""
+
     def __init__(self, uri: str | Path, dim: int, *, reset: bool = False):
         import lancedb
 
@@ -63,7 +67,7 @@ class LanceStore:
             self.table = self.db.open_table(TABLE)
             have = self.table.schema.field("vector").type.list_size
             if have != dim:
-                raise ValueError(f"the index holds {have}-d vectors but the embedder makes {dim}-d ones: "
+                raise IndexMismatch(f"the index holds {have}-d vectors but the embedder makes {dim}-d ones: "
                                  "run `loradex ingest --rebuild` after changing the embedder")
         else:
             self.table = self.db.create_table(TABLE, schema=self.schema)
@@ -95,7 +99,7 @@ class LanceStore:
         if doc_ids:
             self.table.delete(f"doc_id IN ({', '.join(_quote(d) for d in doc_ids)})")
 
-    def finish(self) -> None:
+    def build_indexes(self) -> None:
         from lancedb.index import FTS
 
         if self.table.count_rows() == 0:
@@ -106,22 +110,24 @@ class LanceStore:
         else:
             self.table.optimize()
 
-    def search(self, *, vector=None, text=None, k=10, filters=Filters()) -> list[tuple[Chunk, float]]:
-        if (vector is None) == (text is None):
-            raise ValueError("give exactly one of vector= or text=")
-        if text is not None:
-            if not text.strip() or self.table.count_rows() == 0:
-                return []
-            query = self.table.search(text, query_type="fts", fts_columns="search_text")
-        else:
-            query = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").metric("cosine")
+    def search_vector(self, vector: np.ndarray, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise StoreError(f"the query vector has {vector.shape[0]} dimensions, the index {self.dim}")
+        query = self.table.search(vector, vector_column_name="vector").metric("cosine")
+        return [(_chunk(r), 1.0 - float(r["_distance"])) for r in self._run(query, k, filters)]
+
+    def search_text(self, text: str, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
+        if not text.strip() or self.table.count_rows() == 0:
+            return []
+        query = self.table.search(text, query_type="fts", fts_columns="search_text")
+        return [(_chunk(r), float(r["_score"])) for r in self._run(query, k, filters)]
+
+    def _run(self, query, k: int, filters: Filters) -> list[dict]:
         where = where_clause(filters)
         if where:
             query = query.where(where, prefilter=True)
-        rows = query.limit(k).to_list()
-        if text is not None:
-            return [(_chunk(r), float(r["_score"])) for r in rows]
-        return [(_chunk(r), 1.0 - float(r["_distance"])) for r in rows]
+        return query.limit(k).to_list()
 
     def chunks(self, doc_id: str) -> list[Chunk]:
         rows = self.table.search().where(f"doc_id = {_quote(doc_id)}").limit(1_000_000).to_list()

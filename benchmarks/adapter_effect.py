@@ -30,9 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, RESULTS, STDERR, data_root, example_project, machine_info, markdown_table,  # noqa: E402
-                     now_iso, write_json)
-
+from _common import REPO, RESULTS, STDERR, data_root, example_project, machine_info, markdown_table, now_iso, write_json  # noqa: E402
 from loradex.adapters.context import with_context  # noqa: E402
 from loradex.adapters.data import Example, load_examples  # noqa: E402
 from loradex.adapters.replay import base_answers, mix  # noqa: E402

@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, example_project, machine_info, markdown_table, now_iso, write_json  # noqa: E402
-
 from loradex.engine import GenerationRequest  # noqa: E402
 from loradex.pipeline import answer  # noqa: E402
 from loradex.prompt import build_messages  # noqa: E402

@@ -25,7 +25,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, STDERR, LoadMonitor, machine_info, markdown_table, now_iso, write_json  # noqa: E402
-
 from loradex.engine import GenerationRequest  # noqa: E402
 from loradex.engine.local import LocalEngine  # noqa: E402
 from loradex.models import resolve_model  # noqa: E402

@@ -22,9 +22,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, STDERR, data_root, machine_info, markdown_table, now_iso, progress_bar,  # noqa: E402
-                     sample_ids, write_json)
-
+from _common import (  # noqa: E402
+    RESULTS,
+    STDERR,
+    data_root,
+    machine_info,
+    markdown_table,
+    now_iso,
+    progress_bar,
+    sample_ids,
+    write_json,
+)
 from loradex.ingest.ingest import ingest  # noqa: E402
 from loradex.pipeline import answer  # noqa: E402
 from loradex.project import open_project  # noqa: E402

@@ -24,9 +24,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, STDERR, LoadMonitor, data_root, load_model, machine_info, markdown_table,  # noqa: E402
-                     now_iso, write_json)
-
+from _common import (  # noqa: E402
+    RESULTS,
+    STDERR,
+    LoadMonitor,
+    data_root,
+    load_model,
+    machine_info,
+    markdown_table,
+    now_iso,
+    write_json,
+)
 from loradex.route import METHODS, Router  # noqa: E402
 
 

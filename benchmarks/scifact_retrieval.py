@@ -22,8 +22,8 @@ import json
 import math
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import _common as C
 from loradex.config import RetrievalConfig

@@ -84,14 +84,14 @@ def main() -> None:
         rows = []
         for n in args.clients:
             rows.append(level(url, questions, n, args.seconds, args.max_tokens))
-            rows[-1]["largest_batch_so_far"] = app.state.batcher.stats["largest_batch"]
+            rows[-1]["largest_batch_so_far"] = app.state.loradex.batcher.stats["largest_batch"]
             STDERR.print(f"{n} clients: {rows[-1]}")
         running.stop()
     base = next((r for r in rows if r["clients"] == 1), rows[0])
     for r in rows:
         r["throughput_vs_one_after_another"] = round(r["requests_per_s"] / base["requests_per_s"], 2) if base["requests_per_s"] else None
     payload = {"benchmark": "server_load", "date": now_iso(), "settings": vars(args), "levels": rows,
-               "batcher": app.state.batcher.stats, "load": monitor.report(), "machine": machine_info()}
+               "batcher": app.state.loradex.batcher.stats, "load": monitor.report(), "machine": machine_info()}
     write_json(RESULTS / "server_load.json", payload)
     if args.json:
         print(json.dumps(payload, indent=2))

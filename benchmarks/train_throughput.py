@@ -44,8 +44,7 @@ def run_loradex(args, model_dir: Path, out: Path) -> dict:
 def run_trainer(args, model_dir: Path, out: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from loradex.adapters.data import load_examples
     from loradex.adapters.train import encode, split

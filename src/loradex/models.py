@@ -14,8 +14,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 from pathlib import Path
-from typing import Callable
 
 from .atomic import replace_dir, write_text
 from .errors import LoradexError, ModelNotFound
@@ -72,7 +73,7 @@ def convert_gguf(gguf: Path, label: str, log: Callable[[str], None] = _log) -> P
         "(about 1-2 minutes on a laptop CPU; later loads take seconds)")
     t0 = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as e:
         raise ModelNotFound(f"cannot read GGUF {gguf}: {type(e).__name__}: {e}") from None

@@ -6,7 +6,7 @@ learns under the prompt it will be served with.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .types import Hit
 

@@ -7,7 +7,6 @@ and ranks so a user can see why it was returned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from .errors import QueryError
@@ -41,7 +40,9 @@ def fuse(dense: dict[str, Ranked], bm25: dict[str, Ranked], settings: RetrievalC
         d, b = dense.get(cid), bm25.get(cid)
         score = (settings.dense_weight / (settings.rrf_k + d.rank) if d else 0.0) + \
                 (settings.bm25_weight / (settings.rrf_k + b.rank) if b else 0.0)
-        hits.append(Hit((d or b).chunk, score, d and d.score, b and b.score, d and d.rank, b and b.rank))
+        chunk = d.chunk if d else b.chunk  # type: ignore[union-attr]  # cid came from one of the two
+        hits.append(Hit(chunk, score, d.score if d else None, b.score if b else None, d.rank if d else None,
+                        b.rank if b else None))
     hits.sort(key=lambda h: (-h.score, h.chunk.chunk_id))
     return hits
 

@@ -15,9 +15,10 @@ Fitted from each domain's example queries, on the project's own embedder:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class Router:
     @classmethod
     def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, method: str = "linear", holdout: float = 0.2,
             target_recall: float = 0.95, min_probability: float = 0.5, seed: int = 0,
-            calibration: tuple[np.ndarray, Sequence[str]] | None = None) -> "Router":
+            calibration: tuple[np.ndarray, Sequence[str]] | None = None) -> Router:
         """Fit on example embeddings `vectors` (shape (n, dim); normalised here) with their domain names
         `labels` (n of them).
 
@@ -146,7 +147,7 @@ class Router:
         return final
 
     @classmethod
-    def _fit_on(cls, domains: list[str], method: str, x: np.ndarray, y: np.ndarray, seed: int) -> "Router":
+    def _fit_on(cls, domains: list[str], method: str, x: np.ndarray, y: np.ndarray, seed: int) -> Router:
         r = cls(domains, method, x, y)
         if method == "linear" and len(domains) > 1:
             r.weights, r.bias = _fit_linear(x, y, len(domains), seed=seed)
@@ -221,7 +222,7 @@ class Router:
     def save(self, folder: Path, key: str) -> None:
         """Write router.<key>.npz, then router.json pointing at it, into `folder`; each write is atomic, so a
         crash leaves the previous router in use. Older .npz files are removed."""
-        arrays = {"examples": self.examples, "labels": self.labels}
+        arrays: dict[str, Any] = {"examples": self.examples, "labels": self.labels}
         if self.weights is not None:
             arrays.update(weights=self.weights, bias=self.bias)
         with writing(folder / f"router.{key}.npz") as f:
@@ -235,7 +236,7 @@ class Router:
                 old.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, folder: Path) -> tuple["Router", str] | None:
+    def load(cls, folder: Path) -> tuple[Router, str] | None:
         """The router saved in `folder` and its key, or None when there is none or it is unreadable."""
         try:
             info = json.loads((folder / "router.json").read_text())

@@ -12,10 +12,18 @@ The hashing embedder lives in `loradex.embed`, the echo engine in `loradex.engin
 """
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import StoreError
+from .types import Chunk, Filters
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -83,6 +91,107 @@ def build_random_adapter(model_dir: str | Path, out: str | Path, *, seed: int = 
                 p.mul_(scale)
     model.save_pretrained(str(out))
     return Path(out)
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased word tokens (`\\w+`, unicode): what MemoryStore keyword-indexes and matches."""
+    return _WORD.findall(text.lower())
+
+
+def _visible(c: Chunk, f: Filters) -> bool:
+    """`f` applied to one chunk, as `loradex.store.lancedb.where_clause` applies it in SQL."""
+    m = c.meta
+    return ((f.domain is None or m.domain == f.domain)
+            and (not f.tags or bool(set(f.tags) & set(m.tags)))
+            and (f.groups is None or not m.groups or bool(set(f.groups) & set(m.groups)))
+            and (not f.doc_ids or c.doc_id in f.doc_ids))
+
+
+class MemoryStore:
+    """A `loradex.store.Store` in plain Python and numpy, held in memory only: the reference backend of the
+    Store contract suite (`tests/contract/test_store.py`) and a fast store for tests.
+
+    `uri` is ignored and nothing persists (`persistent = False`), so `reset` has nothing to drop. Vectors are
+    float32 of shape (n, `dim`); `search_vector` scores by cosine similarity in [-1, 1] (a zero vector scores
+    0). `search_text` scores Okapi BM25 (k1=1.2, b=0.75) over the lower-cased `\\w+` words of
+    `Chunk.search_text()`, each distinct query word counted once, with the Robertson/Sparck Jones IDF plus one
+    inside the log as Lucene computes it, idf = ln(1 + (N - n + 0.5) / (n + 0.5)), over all N stored chunks
+    (Robertson and Zaragoza, "The Probabilistic Relevance Framework: BM25 and Beyond", FnTIR 3(4), 2009;
+    Lucene's `org.apache.lucene.search.similarities.BM25Similarity`), so scores are >= 0. Every method takes
+    one lock: `replace` swaps all chunks of its documents at once, and readers search a consistent snapshot.
+    Raises StoreError when vectors have another dimension than `dim` (or another count than the chunks).
+    """
+
+    persistent = False
+    K1, B = 1.2, 0.75
+
+    def __init__(self, uri: str | Path | None = None, dim: int = 256, *, reset: bool = False):
+        self.dim = dim
+        self._docs: dict[str, list[tuple[Chunk, np.ndarray, Counter]]] = {}  # doc_id -> rows, ordinal order
+        self._lock = threading.Lock()
+
+    def _rows(self) -> list[tuple[Chunk, np.ndarray, Counter]]:
+        with self._lock:
+            return [row for rows in self._docs.values() for row in rows]
+
+    def replace(self, doc_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(chunks), self.dim):
+            raise StoreError(f"expected vectors of shape ({len(chunks)}, {self.dim}), got {vectors.shape}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = vectors / np.where(norms == 0, 1, norms)
+        new: dict[str, list] = {}
+        for c, v in zip(chunks, unit):
+            new.setdefault(c.doc_id, []).append((c, v, Counter(_words(c.search_text()))))
+        with self._lock:
+            for d in doc_ids:
+                self._docs.pop(d, None)
+            for d, rows in new.items():
+                self._docs[d] = sorted(rows, key=lambda r: r[0].ordinal)
+
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        with self._lock:
+            for d in doc_ids:
+                self._docs.pop(d, None)
+
+    def search_vector(self, vector: np.ndarray, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise StoreError(f"the query vector has {q.shape[0]} dimensions, the index {self.dim}")
+        q = q / (np.linalg.norm(q) or 1.0)
+        rows = [r for r in self._rows() if _visible(r[0], filters)]
+        scored = [(c, float(np.clip(v @ q, -1.0, 1.0))) for c, v, _ in rows]
+        return sorted(scored, key=lambda p: (-p[1], p[0].chunk_id))[:k]
+
+    def search_text(self, text: str, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
+        terms, rows = set(_words(text)), self._rows()
+        if not terms or not rows:
+            return []
+        n_docs = len(rows)
+        avgdl = sum(sum(tf.values()) for _, _, tf in rows) / n_docs or 1.0
+        idf = {t: math.log(1 + (n_docs - n + 0.5) / (n + 0.5))
+               for t in terms for n in [sum(1 for _, _, tf in rows if t in tf)]}
+        scored = []
+        for c, _, tf in rows:
+            if not _visible(c, filters) or not terms & tf.keys():
+                continue
+            norm = self.K1 * (1 - self.B + self.B * sum(tf.values()) / avgdl)
+            scored.append((c, sum(idf[t] * tf[t] * (self.K1 + 1) / (tf[t] + norm) for t in terms if t in tf)))
+        return sorted(scored, key=lambda p: (-p[1], p[0].chunk_id))[:k]
+
+    def chunks(self, doc_id: str) -> list[Chunk]:
+        with self._lock:
+            return [c for c, _, _ in self._docs.get(doc_id, [])]
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(rows) for rows in self._docs.values())
+
+    def build_indexes(self) -> None:
+        """Nothing to build: every search scans the chunks."""
 
 
 class ThreadedServer:

@@ -134,7 +134,7 @@ class Filters:
     doc_ids: tuple[str, ...] = ()
 
     @classmethod
-    def for_caller(cls, groups: tuple[str, ...] | None, **kw) -> "Filters":
+    def for_caller(cls, groups: tuple[str, ...] | None, **kw) -> Filters:
         """Filters for a caller with these access groups (`EVERYTHING` for the owner or an admin)."""
         return cls(groups=None if groups is None else tuple(groups), **kw)
 
@@ -183,7 +183,7 @@ class SourceRef:
     text: str
 
     @classmethod
-    def from_hit(cls, n: int, hit: Hit) -> "SourceRef":
+    def from_hit(cls, n: int, hit: Hit) -> SourceRef:
         s, text = hit.chunk.source, hit.chunk.text
         flat = " ".join(text.split())
         quote = flat[:200] + ("..." if len(flat) > 200 else "")

@@ -9,7 +9,6 @@ from loradex.engine import GenerationRequest
 from loradex.ingest.ingest import ingest
 from loradex.pipeline import answer
 from loradex.project import open_project
-from loradex.route import route_queries
 
 from ..conftest import REPO, copy_example
 
@@ -34,12 +33,12 @@ def project(tmp_path_factory):
 
 def test_router_on_the_example_questions_and_off_topic(project):
     rows = [json.loads(line) for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]
-    routes = route_queries(project, [r["question"] for r in rows])
+    routes = project.route([r["question"] for r in rows])
     right = sum(r.domain == row["domain"] for r, row in zip(routes, rows))
     wrong = sum(r.domain is not None and r.domain != row["domain"] for r, row in zip(routes, rows))
     # measured: 22 right, 6 in another domain (mostly questions that span two), 2 abstained
     assert right >= 20 and wrong <= 7, [(r.domain, row["domain"]) for r, row in zip(routes, rows)]
-    off = route_queries(project, OFF_TOPIC)
+    off = project.route(OFF_TOPIC)
     assert all(r.abstained and r.domain is None for r in off), [r.to_dict() for r in off]
 
 
@@ -50,8 +49,8 @@ def test_router_on_the_example_questions_and_off_topic(project):
 ])
 def test_each_domain_answers_with_its_adapter_and_layout(project, domain, question):
     a = answer(project, question)
-    assert a.route["domain"] == domain and a.adapter and a.adapter.startswith(f"{domain}@sha256:")
-    assert a.sources and all(s["file"].startswith(f"docs/{domain}/") or "glossary" in s["file"] for s in a.sources)
+    assert a.route.domain == domain and a.adapter and a.adapter.startswith(f"{domain}@sha256:")
+    assert a.sources and all(s.file.startswith(f"docs/{domain}/") or "glossary" in s.file for s in a.sources)
     # the shipped adapters were trained on questions alone (no sources): their layout is checked in that mode
     closed = answer(project, question, retrieval=False)
     assert closed.adapter == a.adapter and LAYOUT[domain].search(closed.answer), closed.answer
@@ -61,7 +60,7 @@ def test_each_domain_answers_with_its_adapter_and_layout(project, domain, questi
 
 def test_off_topic_goes_to_the_base_model(project):
     a = answer(project, OFF_TOPIC[0])
-    assert a.route["abstained"] and a.adapter is None
+    assert a.route.abstained and a.adapter is None
 
 
 def test_mixed_batch_of_real_adapters_equals_each_alone(project):

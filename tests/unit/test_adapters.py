@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from loradex.adapters.data import DataError, load_examples
 from loradex.adapters.registry import AdapterError
-from loradex.adapters.train import TrainSettings, encode, train
+from loradex.adapters.train import TrainSettings, encode_example, train
 from loradex.cli import app
 from loradex.project import open_project
 from loradex.testing import build_tiny_llama, tiny_tokenizer
@@ -75,12 +75,12 @@ def test_bad_records_name_line_and_field(tmp_path, line, message):
 
 def test_loss_only_on_the_answer_with_the_serving_template():
     tok = tiny_tokenizer()
-    ids, labels = encode(tok, ({"role": "user", "content": "q"}, {"role": "assistant", "content": "the answer"}),
+    ids, labels = encode_example(tok, ({"role": "user", "content": "q"}, {"role": "assistant", "content": "the answer"}),
                          "SYS", 512)
     answer = [t for t, y in zip(ids, labels) if y != -100]
     assert tok.decode(answer) == "the answer<|im_end|>"
     assert tok.decode(ids).startswith("<|im_start|>system\nSYS<|im_end|>")
-    ids, labels = encode(tok, ({"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "ok"}),
+    ids, labels = encode_example(tok, ({"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "ok"}),
                          "SYS", 32)
     assert len(ids) == 32 and tok.decode([t for t, y in zip(ids, labels) if y != -100]) == "ok<|im_end|>"
 
@@ -114,7 +114,7 @@ def test_activate_rollback_remove_and_import(project, tmp_path):
         reg.resolve("claims")
     reg.activate("claims", second.version[:8])
     reg.remove("claims", first.version)
-    assert [r["version"] for r in reg.list()] == [second.version]
+    assert [r["version"] for r in reg.versions()] == [second.version]
     # importing a plain PEFT folder (no manifest) under another domain
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -223,7 +223,7 @@ def test_training_resumes_after_kill(project):
 
 
 def test_replay_targets_are_the_base_models_own_answers_and_cached(project, tmp_path):
-    from loradex.adapters.replay import PROMPTS, base_answers, mix
+    from loradex.adapters.replay import PROMPTS, base_answers, mix_replay
     from loradex.engine import GenerationRequest
     from loradex.engine.local import LocalEngine
 
@@ -237,10 +237,10 @@ def test_replay_targets_are_the_base_models_own_answers_and_cached(project, tmp_
                           engine_factory=lambda: calls.append(1))
     assert cached == pairs and not calls  # second call: from the cache, no model loaded
     examples, _ = load_examples(project.root / "claims.jsonl")
-    mixed = mix(examples, pairs, 0.2)
+    mixed = mix_replay(examples, pairs, 0.2)
     assert mixed[:10] == examples and len(mixed) == 12
     assert {m.question for m in mixed[10:]} <= set(prompts) and len({m.line for m in mixed}) == 12
-    assert mix(examples, pairs, 0.0) == examples
+    assert mix_replay(examples, pairs, 0.0) == examples
 
 
 def test_replay_pool_is_disjoint_from_the_forgetting_benchmark():

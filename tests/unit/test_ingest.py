@@ -3,6 +3,7 @@ import threading
 import pytest
 
 from loradex.embed import HashingEmbedder
+from loradex.errors import IndexMismatch
 from loradex.ingest.ingest import ingest
 from loradex.project import open_project
 from loradex.retrieve import search
@@ -136,7 +137,7 @@ def test_embedder_change_requires_rebuild(project_dir):
     ingest(_open(root))
     (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text().replace("hashing", "hashing-64"))
     proj = open_project(root)
-    with pytest.raises(ValueError, match="--rebuild"):
+    with pytest.raises(IndexMismatch, match="--rebuild"):
         ingest(proj)
     report = ingest(open_project(root), rebuild=True)
     assert len(report.added) == len(DOCS)

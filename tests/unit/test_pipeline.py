@@ -16,10 +16,8 @@ ECHO = CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: false}\
 
 
 def _project(project_dir, engine=None):
-    proj = open_project(project_dir(DOCS, ECHO))
+    proj = open_project(project_dir(DOCS, ECHO), engine=engine)
     ingest(proj)
-    if engine is not None:
-        proj.__dict__["engine"] = engine
     return proj
 
 
@@ -28,9 +26,9 @@ def test_answer_cites_and_verifies_the_first_source(project_dir):
     a = answer(proj, "When must theft be reported to the police?")
     assert not a.abstained
     assert a.answer.endswith("[1]")
-    assert a.citations[0]["n"] == 1 and a.citations[0]["verified"]
-    assert a.citations[0]["chunk_id"] == a.sources[0]["chunk_id"]
-    assert a.sources[0]["file"] == "docs/claims/theft.txt"
+    assert a.citations[0].n == 1 and a.citations[0].verified
+    assert a.citations[0].chunk_id == a.sources[0].chunk_id
+    assert a.sources[0].file == "docs/claims/theft.txt"
     assert set(a.timings_ms) >= {"retrieve", "generate", "verify"}
 
 
@@ -38,7 +36,7 @@ def test_off_topic_question_abstains_without_generating(project_dir):
     engine = EchoEngine()
     proj = _project(project_dir, engine)
     a = answer(proj, "recipe for sourdough bread baking")
-    assert a.abstained and a.answer == NO_SOURCES and a.citations == []
+    assert a.abstained and a.answer == NO_SOURCES and a.citations == ()
     assert engine.calls == 0
 
 
@@ -46,9 +44,9 @@ def test_fabricated_answer_is_flagged_and_bad_citation_removed(project_dir):
     proj = _project(project_dir, EchoEngine(reply="Call the police within 48 hours [1]. Also see [7]."))
     a = answer(proj, "When must theft be reported to the police?")
     assert "[7]" not in a.answer
-    assert a.citations == [{"n": 1, "chunk_id": a.sources[0]["chunk_id"], "source": a.citations[0]["source"],
-                            "quote": "", "verified": False, "added": False,
-                            "reasons": ["number 48 does not appear in the source"]}]
+    assert [c.to_dict() for c in a.citations] == [
+        {"n": 1, "chunk_id": a.sources[0].chunk_id, "source": a.citations[0].source, "quote": "", "verified": False,
+         "added": False, "reasons": ["number 48 does not appear in the source"]}]
     assert a.flagged and a.flagged[0]["cited"] == [1]
 
 
@@ -76,12 +74,11 @@ def test_cli_ask_json_and_text(project_dir):
 
 def test_uncited_supported_answer_gets_an_added_citation(project_dir):
     root = project_dir(DOCS, CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: true}\n")
-    proj = open_project(root)
+    proj = open_project(root, engine=EchoEngine(reply="Call the police within 24 hours."))
     ingest(proj)
-    proj.__dict__["engine"] = EchoEngine(reply="Call the police within 24 hours.")
     a = answer(proj, "When must theft be reported to the police?")
     assert a.answer == "Call the police within 24 hours. [1]"
-    assert a.citations[0]["verified"] and a.citations[0]["added"]
+    assert a.citations[0].verified and a.citations[0].added
 
 
 ROUTED = """
@@ -108,10 +105,9 @@ def routed(project_dir, tmp_path):
     from loradex.testing import build_random_adapter, build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "model")
-    proj = open_project(project_dir(DOCS, ROUTED + f"model: {model}\n"))
-    ingest(proj)
     engine = EchoEngine()
-    proj.__dict__["engine"] = engine
+    proj = open_project(project_dir(DOCS, ROUTED + f"model: {model}\n"), engine=engine)
+    ingest(proj)
     refs = []
     for seed in (0, 1):
         folder = build_random_adapter(model, tmp_path / f"a{seed}", seed=seed)
@@ -123,11 +119,11 @@ def routed(project_dir, tmp_path):
 def test_routed_answer_uses_the_domains_adapter_and_sources(routed):
     proj, engine, refs = routed
     a = answer(proj, "my car was stolen, do I report the theft to the police?")
-    assert a.route["domain"] == "claims" and not a.route["abstained"] and a.route["reason"] == ""
+    assert a.route.domain == "claims" and not a.route.abstained and a.route.reason == ""
     assert a.adapter == refs[0].label and engine.served[-1] == refs[0].label
-    assert a.sources and all(s["file"].startswith("docs/claims/") for s in a.sources)
+    assert a.sources and all(s.file.startswith("docs/claims/") for s in a.sources)
     b = answer(proj, "how are monthly premiums collected", route=True)
-    assert b.route["domain"] == "billing" and b.adapter is None and engine.served[-1] is None
+    assert b.route.domain == "billing" and b.adapter is None and engine.served[-1] is None
 
 
 def test_activation_and_rollback_take_effect_on_the_next_request(routed):
@@ -143,10 +139,10 @@ def test_activation_and_rollback_take_effect_on_the_next_request(routed):
 def test_off_topic_abstains_to_the_base_model_over_all_sources(routed):
     proj, engine, _ = routed
     a = answer(proj, "sourdough bread recipe with rye flour")
-    assert a.route["abstained"] and a.route["domain"] is None and a.adapter is None
+    assert a.route.abstained and a.route.domain is None and a.adapter is None
     assert engine.served[-1] is None or a.abstained  # base model, or no generation at all
     e = answer(proj, "sourdough bread", domain="billing")
-    assert e.route == {**e.route, "domain": "billing", "reason": "explicit", "abstained": False}
+    assert e.route.to_dict() == {**e.route.to_dict(), "domain": "billing", "reason": "explicit", "abstained": False}
 
 
 def test_tampered_adapter_is_refused_before_it_serves(routed):
@@ -163,9 +159,9 @@ def test_tampered_adapter_is_refused_before_it_serves(routed):
 def test_adapter_only_and_rag_only_modes(routed):
     proj, engine, refs = routed
     a = answer(proj, "police report for a stolen bike", retrieval=False)
-    assert a.adapter == refs[0].label and a.sources == [] and a.citations == []
+    assert a.adapter == refs[0].label and a.sources == () and a.citations == ()
     b = answer(proj, "police report for a stolen bike", use_adapter=False)
-    assert b.adapter is None and b.route["domain"] == "claims" and b.sources
+    assert b.adapter is None and b.route.domain == "claims" and b.sources
 
 
 def test_cli_ask_json_has_route_and_adapter(routed):

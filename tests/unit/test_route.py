@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from loradex.cli import app
 from loradex.embed import HashingEmbedder
 from loradex.project import open_project
-from loradex.route import METHODS, Router, RouterError, domain_examples, project_router
+from loradex.route import METHODS, Router, RouterError
 
 WORDS = {
     "claims": "claim accident damage theft stolen crash report police loss assessor",
@@ -73,12 +73,12 @@ def _project(tmp_path, examples, extra=""):
 def test_project_router_is_saved_and_refitted_when_examples_change(tmp_path, examples):
     root = _project(tmp_path, examples)
     proj = open_project(root)
-    assert {d: len(q) for d, q in domain_examples(proj).items()} == {"claims": 20, "billing": 20, "policy": 20}
-    first = project_router(proj)
+    assert {d: len(q) for d, q in proj.domain_examples().items()} == {"claims": 20, "billing": 20, "policy": 20}
+    first = proj.router
     key = json.loads((root / ".loradex/router.json").read_text())["key"]
-    assert project_router(open_project(root)).temperature == first.temperature  # loaded, same key
+    assert open_project(root).router.temperature == first.temperature  # loaded, same key
     (root / "routing" / "billing.txt").write_text("\n".join(examples["billing"][:15]) + "\n")
-    project_router(open_project(root))
+    assert open_project(root).router is not None
     assert json.loads((root / ".loradex/router.json").read_text())["key"] != key
     assert len(list((root / ".loradex").glob("router.*.npz"))) == 1
 

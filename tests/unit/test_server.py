@@ -51,10 +51,8 @@ def _project(project_dir, tmp_path, monkeypatch, engine=None):
     monkeypatch.setenv("TEST_LORADEX_ADMIN", "admin-key")
     model = build_tiny_llama(tmp_path / "model")
     config = ROUTED.replace('    paths: ["docs/billing/**"]', '    paths: ["docs/billing/**"]\n    groups: [finance]')
-    proj = open_project(project_dir(DOCS, config + KEYS + f"model: {model}\n"))
+    proj = open_project(project_dir(DOCS, config + KEYS + f"model: {model}\n"), engine=engine)
     ingest(proj)
-    if engine is not None:
-        proj.__dict__["engine"] = engine
     folder = build_random_adapter(model, tmp_path / "a0", seed=0)
     ref = proj.registry.register(folder, "claims", {"hyperparameters": {}, "metrics": {}})
     proj.registry.activate("claims", ref.version)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent  # examples/insurance
 PDF_PATH = ROOT / "docs" / "claims" / "claim-form-guide.pdf"
 DOCX_PATH = ROOT / "docs" / "billing" / "payment-methods.docx"
 
-FIXED_DATE = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
+FIXED_DATE = _dt.datetime(2024, 1, 1, tzinfo=_dt.UTC)
 
 # ---------------------------------------------------------------------------
 # PDF: Claim Form Guide

@@ -5,9 +5,10 @@ Backends are named in `loradex.backends.ENGINES`: `local` (transformers + PEFT o
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 __all__ = ["Engine", "Generation", "GenerationRequest", "cut_at_stop"]
 

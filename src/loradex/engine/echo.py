@@ -6,8 +6,9 @@ citation checks without model weights.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import EngineError
 from ..prompt import NO_SOURCES

@@ -13,8 +13,9 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError
 from . import Generation, GenerationRequest, cut_at_stop
@@ -37,11 +38,12 @@ class LocalEngine:
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.name = Path(model_dir).name
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(model_dir))
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.model: Any = model.to(self.device).eval()
         if not self.tokenizer.chat_template:
             raise EngineError(f"{model_dir} has no chat template; loradex needs an instruction-tuned chat model")
         self.max_adapters = max_adapters
@@ -108,7 +110,7 @@ class LocalEngine:
                 if n not in self._known:
                     raise EngineError(f"adapter {n!r} is not loaded; load it first (engine.load_adapter)")
                 self.load_adapter(n, self._known[n], keep=needed)  # evicted since: back, without evicting this batch's
-        for n in set(names) - {None}:
+        for n in needed:
             self._adapters.move_to_end(n)
         if not self._adapters:
             return nullcontext(), {}
@@ -116,13 +118,15 @@ class LocalEngine:
         if distinct == {None}:
             return self.model.disable_adapter(), {}
         if len(distinct) == 1:
-            self.model.set_adapter(self._adapters[names[0]][1])
+            only = next(iter(distinct))
+            assert only is not None
+            self.model.set_adapter(self._adapters[only][1])
             return nullcontext(), {}
         return nullcontext(), {"adapter_names": [self._adapters[n][1] if n else "__base__" for n in names]}
 
     def prompt(self, messages: Sequence[dict]) -> str:
         """The chat template applied to `messages`, ending where the assistant's answer starts."""
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return str(self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
 
     def _config(self, request: GenerationRequest, max_new_tokens: int):
         from transformers import GenerationConfig
@@ -179,7 +183,7 @@ class LocalEngine:
                 new = new[: new.index(self.tokenizer.eos_token_id)]
             while new and new[-1] == self.tokenizer.pad_token_id:
                 new.pop()
-            text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), r.stop)
+            text, stopped = cut_at_stop(str(self.tokenizer.decode(new, skip_special_tokens=True)), r.stop)
             reason = "stop" if ended or stopped or len(new) < r.max_new_tokens else "length"
             results.append(Generation(text.strip(), int(enc["attention_mask"][row].sum()), len(new), reason, timings))
         return results

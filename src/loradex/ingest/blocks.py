@@ -59,8 +59,9 @@ def scan(text: str, *, markdown: bool, offset: int = 0, page: int | None = None,
         if not line.strip():
             i += 1
             continue
-        if markdown and _FENCE.match(line):
-            fence = _FENCE.match(line).group(1)
+        fence_match = _FENCE.match(line) if markdown else None
+        if fence_match:
+            fence = fence_match.group(1)
             j = i + 1
             while j < len(lines) and not lines[j][2].lstrip().startswith(fence):
                 j += 1

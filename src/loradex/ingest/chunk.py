@@ -9,8 +9,8 @@ sentences (and a sentence longer than the bound between words). Every chunk is a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..types import Block, ParsedDocument
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import IndexMismatch, ParseError, QueryError
 from ..types import Chunk, DocMeta, ParsedDocument, Source
@@ -183,8 +184,10 @@ def _changed(project: Project, files: list[Path], known: dict, report: IngestRep
                 and old.get("tags") == list(meta.tags) and old.get("groups") == list(meta.groups):
             report.unchanged.append(doc_id)
             continue
+        fmt = detect_format(f)
+        assert fmt is not None  # walk() keeps only files of a known format
         try:
-            parsed = parse_bytes(data, detect_format(f))
+            parsed = parse_bytes(data, fmt)
         except ParseError as e:
             report.skipped.append((doc_id, str(e)))
             continue

@@ -12,15 +12,21 @@ import threading
 import time
 from concurrent.futures import Future
 
+from typing import TYPE_CHECKING
+
 from ..engine import GenerationRequest
+from ..errors import QueueFull
 
+if TYPE_CHECKING:
+    from ..engine import Engine
 
-class QueueFull(RuntimeError):
-    """The queue is at its limit; retry after a moment."""
+__all__ = ["Batcher", "QueueFull"]
 
 
 class Batcher:
-    def __init__(self, engine, *, max_batch: int = 8, window_ms: float = 10.0, max_queue: int = 64):
+    """A worker thread generating queued requests in batches of up to `max_batch`, at most `max_queue` waiting."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 8, window_ms: float = 10.0, max_queue: int = 64):
         self.engine, self.max_batch, self.window = engine, max_batch, window_ms / 1000
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "rejected": 0}
@@ -30,9 +36,22 @@ class Batcher:
 
     @property
     def depth(self) -> int:
+        """Requests waiting now (not counting the batch being generated)."""
         return self._queue.qsize()
 
+    @property
+    def capacity(self) -> int:
+        """The most requests that may wait (`max_queue`)."""
+        return self._queue.maxsize
+
+    @property
+    def full(self) -> bool:
+        """True when `submit` would raise QueueFull now."""
+        return self._queue.full()
+
     def submit(self, request: GenerationRequest) -> Future:
+        """Queue `request`; the Future gets its Generation (or the engine's error). Raises QueueFull at once
+        when `max_queue` requests already wait."""
         future: Future = Future()
         try:
             self._queue.put_nowait((request, future))
@@ -42,6 +61,7 @@ class Batcher:
         return future
 
     def close(self) -> None:
+        """Stop the worker (requests still queued are not generated)."""
         self._stop.set()
         self._thread.join(timeout=5)
 

@@ -5,8 +5,9 @@ library is needed only by those who use it. Every backend passes `tests/contract
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

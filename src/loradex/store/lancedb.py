@@ -9,8 +9,8 @@ similarities (1 - LanceDB's cosine distance); keyword scores are LanceDB's BM25.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +53,7 @@ class LanceStore:
         self.dim = dim
         self.db = lancedb.connect(str(uri))
         if reset:
-            self.db.drop_table(TABLE, ignore_missing=True)
+            self.db.drop_table(TABLE, ignore_missing=True)  # type: ignore[call-arg]
         self.schema = pa.schema([
             ("chunk_id", pa.string()), ("doc_id", pa.string()), ("ordinal", pa.int32()),
             ("text", pa.string()), ("search_text", pa.string()),
@@ -73,7 +73,7 @@ class LanceStore:
             self.table = self.db.create_table(TABLE, schema=self.schema)
 
     def _rows(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> pa.Table:
-        cols = {name: [] for name in self.schema.names if name != "vector"}
+        cols: dict[str, list] = {name: [] for name in self.schema.names if name != "vector"}
         for c in chunks:
             s = c.source
             for key, value in (("chunk_id", c.chunk_id), ("doc_id", c.doc_id), ("ordinal", c.ordinal),
@@ -83,8 +83,11 @@ class LanceStore:
                                ("doc_mtime", c.doc_mtime), ("domain", c.meta.domain),
                                ("tags", list(c.meta.tags)), ("groups", list(c.meta.groups))):
                 cols[key].append(value)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(chunks), self.dim):  # else a (1, 2*dim) array would pass as two vectors
+            raise StoreError(f"expected vectors of shape ({len(chunks)}, {self.dim}), got {vectors.shape}")
         arrays = [pa.array(cols[n], type=self.schema.field(n).type) for n in cols]
-        flat = pa.array(np.asarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+        flat = pa.array(vectors.reshape(-1), type=pa.float32())
         arrays.append(pa.FixedSizeListArray.from_arrays(flat, self.dim))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
@@ -114,13 +117,17 @@ class LanceStore:
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vector.shape[0] != self.dim:
             raise StoreError(f"the query vector has {vector.shape[0]} dimensions, the index {self.dim}")
-        query = self.table.search(vector, vector_column_name="vector").metric("cosine")
+        query = self.table.search(vector, vector_column_name="vector").metric("cosine")  # type: ignore[attr-defined]
         return [(_chunk(r), 1.0 - float(r["_distance"])) for r in self._run(query, k, filters)]
 
     def search_text(self, text: str, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
         if not text.strip() or self.table.count_rows() == 0:
             return []
-        query = self.table.search(text, query_type="fts", fts_columns="search_text")
+        from lancedb.query import MatchQuery
+
+        # a MatchQuery, not the raw string: LanceDB reads a string in double quotes as a phrase query (which
+        # fails on our index without positions); a MatchQuery only splits the text into words
+        query = self.table.search(MatchQuery(text, "search_text"), query_type="fts")
         return [(_chunk(r), float(r["_score"])) for r in self._run(query, k, filters)]
 
     def _run(self, query, k: int, filters: Filters) -> list[dict]:

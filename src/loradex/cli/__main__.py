@@ -1,0 +1,4 @@
+"""`python -m loradex.cli`: the same as the `loradex` command."""
+from . import main
+
+main()

@@ -1,0 +1,139 @@
+"""`loradex train` and `loradex adapters`: train, list, show, activate, roll back, remove, export, import.
+
+`train` takes its defaults and help texts from `TrainSettings` (one place for each default)."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..adapters.train import TrainSettings
+from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out, progress
+
+adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
+_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "batch_size", "max_seq_len", "save_every", "replay")
+
+
+def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
+          data: Path = typer.Option(..., "--data", help="JSONL: chat messages, alpaca, or prompt/completion."),
+          with_context: bool = typer.Option(False, "--with-context", help="RAFT-style: train with retrieved sources."),
+          activate: bool = typer.Option(False, "--activate", help="Activate the new version when done."),
+          project: Path = ProjectOpt, as_json: bool = JsonOpt, **settings: Any) -> None:
+    """Train a LoRA adapter for a domain and register it (resumes if interrupted)."""
+    from ..adapters.context import with_context as add_context
+    from ..adapters.data import load_examples
+    from ..adapters.train import train as run_train
+
+    proj = open_checked(project)
+    examples, dupes = load_examples(data)
+    if with_context:
+        examples = add_context(proj, examples, domain=domain if domain in proj.config.domains else None)
+    if dupes and not as_json:
+        err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
+    with progress("training", "steps", disable=as_json, loss="-") as update:
+        ref, metrics = run_train(proj, domain, examples, TrainSettings(**settings), activate=activate,
+                                 progress=lambda step, total, loss: update(step, total, loss=f"{loss:.3f}"))
+    if as_json:
+        emit({"adapter": ref.label, "version": ref.version, "path": str(ref.path), "active": activate,
+              "duplicates_dropped": dupes, "metrics": metrics})
+        return
+    out.print(f"registered [bold]{ref.label}[/]{' (active)' if activate else ''}: held-out loss "
+              f"{metrics['initial_eval_loss']:.3f} -> {metrics['best_eval_loss']:.3f} (best at step {metrics['best_step']}), "
+              f"{metrics['steps']} steps in {metrics['seconds']:.0f} s; loss curve: {ref.path / 'loss_curve.png'}",
+              highlight=False)
+
+
+def _settings_parameters() -> list[inspect.Parameter]:
+    """`--epochs`, `--lr`, ...: one option per TrainSettings field in `_FLAGS`, with its default and help."""
+    fields = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    params = []
+    for name in _FLAGS:
+        f = fields[name]
+        kind = {"int | None": Optional[int]}.get(str(f.type), {"int": int, "float": float}.get(str(f.type)))
+        option = typer.Option(f.default, "--" + name.replace("_", "-"), help=f.metadata["help"])
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
+    return params
+
+
+def _with_settings(fn: Any) -> Any:
+    sig = inspect.signature(fn)
+    fixed = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    fn.__signature__ = sig.replace(parameters=fixed + _settings_parameters())
+    return fn
+
+
+train = _with_settings(train)
+
+
+@adapters_app.command("list")
+def adapters_list(project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Every registered adapter version; the active one per domain is marked."""
+    rows = open_checked(project).registry.versions()
+    if as_json:
+        emit(rows)
+        return
+    table = Table("adapter", "active", "size", "held-out loss", "steps")
+    for r in rows:
+        m = r["metrics"]
+        table.add_row(r["label"], "*" if r["active"] else "", f"{(r['size_bytes'] or 0) / 1e6:.1f} MB",
+                      f"{m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "-", str(m.get("steps", "-")))
+    out.print(table)
+
+
+@adapters_app.command("show")
+def adapters_show(domain: str, version: Optional[str] = typer.Argument(None, help="Hash prefix (default: active)."),
+                  project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """An adapter's manifest: hashes, base model, hyperparameters, metrics."""
+    reg = open_checked(project).registry
+    ref = reg.resolve(domain, version)
+    shown = {"label": ref.label, "path": str(ref.path), **reg.manifest(ref)}
+    emit(shown) if as_json else out.print_json(json.dumps(shown))
+
+
+@adapters_app.command("activate")
+def adapters_activate(domain: str, version: str = typer.Argument(..., help="Hash prefix of the version."),
+                      project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Validate a version and make it the domain's active adapter (atomic)."""
+    ref = open_checked(project).registry.activate(domain, version)
+    emit({"active": ref.label}) if as_json else out.print(f"active: {ref.label}")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(domain: str, project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Make the previously active version active again (or none: the bare base model)."""
+    ref = open_checked(project).registry.rollback(domain)
+    label = ref.label if ref else None
+    emit({"active": label}) if as_json else out.print(f"active: {label or 'none (base model)'}")
+
+
+@adapters_app.command("rm")
+def adapters_rm(domain: str, version: str, project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Delete a version that is not active."""
+    ref = open_checked(project).registry.remove(domain, version)
+    emit({"removed": ref.label}) if as_json else out.print(f"removed {ref.label}")
+
+
+@adapters_app.command("export")
+def adapters_export(domain: str, dest: Path = typer.Argument(..., help="Folder to write (must not exist)."),
+                    version: Optional[str] = typer.Option(None, help="Hash prefix (default: the active version)."),
+                    project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Copy a version out as a plain PEFT folder with its manifest (for another project, PEFT or vLLM)."""
+    reg = open_checked(project).registry
+    ref = reg.resolve(domain, version)
+    reg.export(ref, dest)
+    emit({"exported": ref.label, "path": str(dest)}) if as_json else out.print(f"exported {ref.label} to {dest}")
+
+
+@adapters_app.command("import")
+def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder."),
+                    domain: str = typer.Option(..., "--domain", help="Register it under this domain."),
+                    activate: bool = typer.Option(False, "--activate", help="Activate it once registered."),
+                    project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Validate and register an adapter trained elsewhere (safetensors only, same base model)."""
+    ref = open_checked(project).registry.import_folder(path, domain, activate=activate)
+    emit({"imported": ref.label, "active": activate}) if as_json else out.print(f"imported {ref.label}")

@@ -1,0 +1,162 @@
+"""The top-level commands: init, ingest, search, serve, route, ask. Each is a few lines around one library call."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import QueryError
+from ..types import Answer, Filters
+from ._common import EXIT_SKIPPED, JsonOpt, ProjectOpt, emit, err, open_checked, out, progress
+
+
+def init(directory: Path = typer.Argument(Path("."), help="Folder to create the project in."),
+         name: Optional[str] = typer.Option(None, help="Project name (default: the folder name).")) -> None:
+    """Write a commented starter loradex.yaml and a docs/ folder."""
+    from ..project import init_project
+
+    path = init_project(directory, name)
+    out.print(f"created {path}\nnext: put documents in {path.parent / 'docs'} and run `loradex ingest -p {directory}`")
+
+
+def ingest(paths: list[Path] = typer.Argument(None, help="Files or folders (default: the config's sources)."),
+           prune: bool = typer.Option(False, help="Remove indexed documents whose files are gone."),
+           rebuild: bool = typer.Option(False, help="Drop the index and ingest everything again."),
+           project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Index new and changed documents; unchanged ones cost a hash. Corrupt files are reported and skipped."""
+    from ..ingest.ingest import ingest as run_ingest
+
+    proj = open_checked(project)
+    with progress("embedding", "documents", disable=as_json) as update:
+        report = run_ingest(proj, [str(p) for p in paths] if paths else None, prune=prune, rebuild=rebuild,
+                            progress=update)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        out.print(f"added {len(report.added)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
+                  f"removed {len(report.removed)}, skipped {len(report.skipped)}; "
+                  f"{report.chunks} chunks written in {report.seconds:.1f} s")
+        for path, reason in report.skipped:
+            err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    if report.skipped:
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+def search(query: str = typer.Argument(..., help="What to look for."),
+           k: Optional[int] = typer.Option(None, "--k", "-k", help="Hits to return (default: retrieval.k)."),
+           domain: Optional[str] = typer.Option(None, help="Only documents of this domain."),
+           tag: list[str] = typer.Option([], help="Only documents with one of these tags (repeatable)."),
+           group: list[str] = typer.Option([], help="Search as a member of these access groups (repeatable)."),
+           mode: Optional[str] = typer.Option(None, help="hybrid, dense or bm25 (default: retrieval.mode)."),
+           project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Hybrid (dense + BM25) search over the indexed documents."""
+    from ..retrieve import search as run_search
+
+    proj = open_checked(project, domain)
+    filters = Filters(domain=domain, tags=tuple(tag), groups=tuple(group) if group else None)
+    hits = run_search(proj.store, proj.embedder, query, proj.config.retrieval, k=k, mode=mode, filters=filters)
+    if as_json:
+        emit({"query": query, "hits": [h.to_dict() for h in hits]})
+        return
+    if not hits:
+        out.print("no hits (is anything ingested? try `loradex docs list`)")
+    for i, h in enumerate(hits, start=1):
+        text = " ".join(h.chunk.text.split())
+        out.print(f"[bold]{i}.[/] [cyan]{h.chunk.source.label()}[/]  score {h.score:.4f}  "
+                  f"[dim]v{h.chunk.doc_version[:8]} {h.chunk.chunk_id}[/]", highlight=False)
+        out.print(f"   {text[:300]}{'...' if len(text) > 300 else ''}", highlight=False)
+
+
+def serve(host: Optional[str] = typer.Option(None, help="Address (default: server.host, 127.0.0.1)."),
+          port: Optional[int] = typer.Option(None, help="Port (default: server.port, 8000)."),
+          project: Path = ProjectOpt) -> None:
+    """Serve the OpenAI-compatible API, the admin endpoints and the chat page (loradex[server])."""
+    try:
+        from ..server.app import serve as run_serve
+    except ImportError as e:
+        raise QueryError(f"{e}; install the server extra: pip install 'loradex[server]'") from None
+    proj = open_checked(project)
+    cfg = proj.config.server
+    err.print(f"loradex serving {proj.root} on http://{host or cfg.host}:{port or cfg.port}/ "
+              f"(OpenAI API under /v1, chat page at /)", highlight=False)
+    run_serve(proj, host or cfg.host, port or cfg.port)
+
+
+def route(query: Optional[str] = typer.Argument(None, help="The query to route."),
+          file: Optional[Path] = typer.Option(None, "--file", help="Route one query a line (models load once)."),
+          fit: bool = typer.Option(False, "--fit", help="Refit the router from the domains' examples and save it."),
+          project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Which domain a query goes to, every domain's calibrated score, and whether the router abstains."""
+    proj = open_checked(project)
+    if fit:
+        info = proj.refit_router().summary()
+        if as_json:
+            emit(info)
+        else:
+            out.print(f"router fitted ({info['method']}) on {info['examples']} examples of {len(info['domains'])} "
+                      f"domains; held-out accuracy {info['calibration_accuracy']:.2f} "
+                      f"on {info['calibration_examples']}", highlight=False)
+        if query is None and file is None:
+            return
+    if (query is None) == (file is None):
+        raise QueryError("give a query, or --file QUERIES.txt (one a line), or --fit")
+    queries = [query] if query is not None else _lines(file)  # type: ignore[arg-type]  # one is given
+    for q, r in zip(queries, proj.route(queries)):
+        if as_json:
+            sys.stdout.write(json.dumps({"query": q, **r.to_dict()}, ensure_ascii=False) + "\n")
+            continue
+        verdict = f"[yellow]abstained ({r.reason}), best {r.best}[/]" if r.abstained else f"[bold]{r.domain}[/]"
+        scores = "  ".join(f"{d} {s:.2f}" for d, s in sorted(r.scores.items(), key=lambda x: -x[1]))
+        out.print(f"{verdict}  [dim]{scores}[/]  {q if file else ''}", highlight=False)
+
+
+def _lines(file: Path) -> list[str]:
+    if not file.is_file():
+        raise QueryError(f"{file}: no such file")
+    return [q.strip() for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
+
+
+def ask(question: str = typer.Argument(..., help="The question."),
+        domain: Optional[str] = typer.Option(None, help="The question's domain (skips the router)."),
+        k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages given as sources (default: answer.k)."),
+        stream: bool = typer.Option(False, "--stream", help="Print the answer as it is generated."),
+        no_route: bool = typer.Option(False, "--no-route", help="Skip the router: base model, all sources."),
+        no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model (RAG only)."),
+        no_retrieval: bool = typer.Option(False, "--no-retrieval", help="No sources (adapter only)."),
+        project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Route, retrieve from the domain's sources, answer with its adapter, and check every citation."""
+    from ..pipeline import answer as run_answer
+
+    proj = open_checked(project, domain)
+    on_token = (lambda piece: out.print(piece, end="", highlight=False, markup=False)) if stream and not as_json else None
+    result = run_answer(proj, question, k=k, domain=domain, on_token=on_token, route=not no_route,
+                        use_adapter=not no_adapter, retrieval=not no_retrieval)
+    if as_json:
+        emit(result.to_dict())
+        return
+    out.print() if on_token else out.print(result.answer, highlight=False, markup=False)
+    r = result.route
+    how = (f"route: [bold]{r.domain}[/] ({r.reason or 'router'}, score {r.score:.2f})" if r.domain else
+           f"route: [yellow]none ({r.reason}{', best ' + r.best if r.best else ''})[/], base model, all sources")
+    out.print(f"[dim]{how}; adapter: {result.adapter or 'none (base model)'}[/]", highlight=False)
+    _print_sources(result)
+
+
+def _print_sources(result: Answer) -> None:
+    marks = {c.n: ("[red]not supported[/]" if not c.verified else
+                   "[green]verified[/] [dim](citation added by loradex)[/]" if c.added else "[green]verified[/]")
+             for c in result.citations}
+    if result.abstained:
+        out.print("[yellow](abstained: no passage was close enough to the question)[/]")
+    for f in result.flagged:
+        better = f" (source {', '.join(map(str, f['supported_by']))} would support it)" if f["supported_by"] else ""
+        out.print(f"[red]unsupported:[/] {f['sentence']}{better}", highlight=False)
+    out.print("\n[bold]Sources[/]")
+    for s in result.sources:
+        out.print(f"[{s.n}] {s.label()} {marks.get(s.n, '[dim]not cited[/]')}", highlight=False)
+        out.print(f"    [dim]{s.quote}[/]", highlight=False)
+    t = result.timings_ms
+    out.print(f"[dim]retrieve {t['retrieve']:.0f} ms, generate {t['generate']:.0f} ms, verify {t['verify']:.0f} ms[/]")

@@ -1,4 +1,5 @@
-# Two entry points for a fresh clone: `make demo` (the main job on the embedded defaults) and `make test`.
+# Two entry points for a fresh clone: `make demo` (the main job on the embedded defaults) and `make test`
+# (ruff and mypy, then the whole test suite).
 # Each creates .venv itself. torch is pinned to the CPU wheel these machines carry.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ LDX := $(VENV)/bin/loradex
 STAMP := $(VENV)/.installed-stamp
 DEMO := examples/insurance
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -29,11 +30,15 @@ demo: setup
 	$(LDX) ask -p $(DEMO) "Can I change the day my monthly premium is collected?" --stream
 	$(LDX) ask -p $(DEMO) "Who won the football world cup in 1998?"
 
-test: setup
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) benchmarks/scifact_retrieval.py

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, STDERR, data_root, example_project, machine_info, markdown_table, now_iso, write_json  # noqa: E402
 from loradex.adapters.context import with_context  # noqa: E402
 from loradex.adapters.data import Example, load_examples  # noqa: E402
-from loradex.adapters.replay import base_answers, mix  # noqa: E402
+from loradex.adapters.replay import base_answers, mix_replay  # noqa: E402
 from loradex.adapters.train import TrainSettings, train_lora  # noqa: E402
 from loradex.engine import GenerationRequest  # noqa: E402
 from loradex.prompt import system_message  # noqa: E402
@@ -79,7 +79,7 @@ REPLAY: list = []  # (prompt, base answer) pairs, generated once per run by the 
 
 def fit(model_dir: Path, examples: list[Example], work: Path, settings: TrainSettings, name: str) -> tuple[Path, dict]:
     t0 = time.perf_counter()
-    examples = mix(examples, REPLAY, settings.replay, settings.seed)
+    examples = mix_replay(examples, REPLAY, settings.replay, settings.seed)
     result = train_lora(model_dir, examples, work, settings, name)
     STDERR.print(f"trained {work.name}: {result.metrics['steps']} steps, held-out loss "
                  f"{result.metrics['initial_eval_loss']:.3f} -> {result.metrics['best_eval_loss']:.3f} "

@@ -77,7 +77,7 @@ def main() -> None:
     questions = [json.loads(line)["question"] for line in lines][:: max(1, len(lines) // args.questions)][: args.questions]
     with tempfile.TemporaryDirectory() as tmp:
         proj = example_project(Path(tmp))
-        proj.engine  # load before timing
+        proj.load()  # load the models before timing
         rows = pipeline_timings(proj, questions)
         over = overhead(proj, questions, args.new_tokens, args.repeats)
     med = {k: statistics.median(r[k] for r in rows if r[k] is not None)

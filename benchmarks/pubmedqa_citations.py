@@ -58,18 +58,18 @@ def write_corpus(root: Path, data: dict, ids: list[str]) -> None:
 
 def score(result, pmid: str) -> dict:
     own = f"docs/{pmid}.md"
-    model = [c for c in result.citations if not c["added"]]
-    added = [c for c in result.citations if c["added"]]
-    file_of = {s["n"]: s["file"] for s in result.sources}
+    model = [c for c in result.citations if not c.added]
+    added = [c for c in result.citations if c.added]
+    file_of = {s.n: s.file for s in result.sources}
     return {
         "pmid": pmid, "abstained": result.abstained,
-        "own_retrieved": any(s["file"] == own for s in result.sources),
+        "own_retrieved": any(s.file == own for s in result.sources),
         "model_citations": len(model),
-        "model_precise": sum(file_of[c["n"]] == own for c in model),
-        "model_verified": sum(c["verified"] for c in model),
+        "model_precise": sum(file_of[c.n] == own for c in model),
+        "model_verified": sum(c.verified for c in model),
         "added_citations": len(added),
         "added_precise": sum(file_of[c["n"]] == own for c in added),
-        "any_verified": any(c["verified"] for c in result.citations),
+        "any_verified": any(c.verified for c in result.citations),
         "completion_tokens": result.usage.get("completion_tokens", 0),
         "answer": result.answer,
     }

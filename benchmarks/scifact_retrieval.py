@@ -6,7 +6,7 @@ recall@100 and MRR@10, plus index build time and per-query latency.
 
 How: every abstract becomes the Markdown text "# {title}\\n\\n{text}" and goes through the library's
 real path: parse_bytes(..., "markdown") -> PendingDoc -> index_documents (structure-aware chunking
-at --max-tokens, all-MiniLM-L6-v2 embeddings, LanceDB store) -> store.finish() (BM25 index). Each
+at --max-tokens, all-MiniLM-L6-v2 embeddings, LanceDB store) -> store.build_indexes() (BM25 index). Each
 claim runs loradex.retrieve.search with `candidates` chunks per retriever and k = candidates; the
 chunk ranking is folded into a document ranking (each document at the rank of its first, i.e.
 best, chunk) and scored against qrels/test.tsv. Published references: BEIR BM25 nDCG@10 0.665,
@@ -103,7 +103,7 @@ def build_index(sf: C.SciFact, embedder: Embedder, store: Store, max_tokens: int
                                  progress=lambda done, total: bar.update(task, completed=done),
                                  total=len(sf.corpus))
         t1 = time.perf_counter()
-        store.finish()
+        store.build_indexes()
         t2 = time.perf_counter()
     return {"documents": len(sf.corpus), "chunks": chunks, "index_seconds": round(t1 - t0, 2),
             "finish_seconds": round(t2 - t1, 2), "chunks_per_second": round(chunks / (t1 - t0), 2)}

@@ -21,8 +21,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, RESULTS, STDERR, LoadMonitor, example_project, machine_info, markdown_table,  # noqa: E402
-                     now_iso, write_json)
+from _common import (  # noqa: E402
+    REPO,
+    RESULTS,
+    STDERR,
+    LoadMonitor,
+    example_project,
+    machine_info,
+    markdown_table,
+    now_iso,
+    write_json,
+)
 
 
 def level(url: str, questions: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
@@ -71,11 +80,13 @@ def main() -> None:
     from loradex.testing import ThreadedServer
 
     monitor = LoadMonitor()
-    questions = [json.loads(line)["question"] for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]
+    lines = (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["question"] for line in lines]
     with tempfile.TemporaryDirectory() as tmp:
         proj = example_project(Path(tmp))
         for domain in ("claims", "policy", "billing"):
-            ref = proj.registry.register(REPO / "examples/insurance/adapters" / domain, domain, {"imported_from": "examples"})
+            ref = proj.registry.register(REPO / "examples/insurance/adapters" / domain, domain,
+                                         {"imported_from": "examples"})
             proj.registry.activate(domain, ref.version)
         app = create_app(proj)
         running = ThreadedServer(app)
@@ -89,7 +100,8 @@ def main() -> None:
         running.stop()
     base = next((r for r in rows if r["clients"] == 1), rows[0])
     for r in rows:
-        r["throughput_vs_one_after_another"] = round(r["requests_per_s"] / base["requests_per_s"], 2) if base["requests_per_s"] else None
+        ratio = r["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else None
+        r["throughput_vs_one_after_another"] = round(ratio, 2) if ratio is not None else None
     payload = {"benchmark": "server_load", "date": now_iso(), "settings": vars(args), "levels": rows,
                "batcher": app.state.loradex.batcher.stats, "load": monitor.report(), "machine": machine_info()}
     write_json(RESULTS / "server_load.json", payload)
@@ -97,8 +109,8 @@ def main() -> None:
         print(json.dumps(payload, indent=2))
         return
     print(markdown_table(["clients", "requests", "errors", "requests/s", "x one after another", "p50 ms", "p99 ms"],
-                         [(r["clients"], r["requests"], r["errors"], r["requests_per_s"], r["throughput_vs_one_after_another"],
-                           r["p50_ms"], r["p99_ms"]) for r in rows]))
+                         [(r["clients"], r["requests"], r["errors"], r["requests_per_s"],
+                           r["throughput_vs_one_after_another"], r["p50_ms"], r["p99_ms"]) for r in rows]))
 
 
 if __name__ == "__main__":

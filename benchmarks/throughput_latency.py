@@ -2,7 +2,7 @@
 
 (a) Ingest throughput: chunks/s of loradex.ingest.ingest.index_documents over the whole SciFact corpus
     (parse + chunk + embed + store.replace; each abstract is the Markdown "# {title}\\n\\n{text}"),
-    with a breakdown by stage, and store.finish() (BM25 index build) timed apart. The upper limit is the
+    with a breakdown by stage, and store.build_indexes() (BM25 index build) timed apart. The upper limit is the
     raw embedder: embedder.embed on the search_text of exactly the same chunks, in the same commit
     batches (index_documents' default of 256 chunks), on a seeded random sample of those batches
     (--raw-chunks, 0 = all; embedding all of them again would double a run that is mostly embedding).
@@ -17,7 +17,7 @@
         with SciFact chunk lengths, added with store.replace in --batch-rows batches, then finish().
         The queries' MiniLM vectors are precomputed, so these figures exclude query embedding.
     Baseline: brute-force numpy cosine top-50 over the same stored vectors (one matrix-vector product
-    + argpartition, ids and scores only); LanceDB dense search (store.search, no embedding) is reported
+    + argpartition, ids and scores only); LanceDB dense search (store.search_vector, no embedding) is reported
     as a ratio to it, and the two top-10 lists are compared as a correctness check.
 Each latency figure follows 5 untimed warm-up queries.
 
@@ -126,7 +126,7 @@ def ingest(sf: C.SciFact, embedder: Embedder, store: Store, max_tokens: int) -> 
                             on_commit=lambda docs, chunks: batches.append(chunks),
                             progress=lambda done, total: bar.update(task, completed=done), total=len(sf.corpus))
         seconds = time.perf_counter() - t0
-        store.finish()
+        store.build_indexes()
         finish = time.perf_counter() - t0 - seconds
     parts = {"parse": clock["parse"], "count_tokens (chunking)": emb.count_seconds,
              "embed": sum(s for _, s in emb.embed_calls), "store.replace": timed_store.replace_seconds}
@@ -233,11 +233,11 @@ def single_thread_rows(bench: Bench, bar) -> list[dict]:
 
 
 def baseline_rows(bench: Bench, bar) -> tuple[list[dict], dict]:
-    """LanceDB dense store.search against brute-force numpy over the same vectors, k = candidates."""
+    """LanceDB dense store.search_vector against brute-force numpy over the same vectors, k = candidates."""
     k = RetrievalConfig().candidates
     ids, matrix = stored_vectors(bench.store)
-    lance, lance_hits = latency_row(bench, f"dense store.search(k={k})", "LanceDB flat scan + row decoding, no embedding",
-                                    lambda q: bench.store.search(vector=bench.vectors[q], k=k), bar)
+    lance, lance_hits = latency_row(bench, f"dense store.search_vector(k={k})", "LanceDB flat scan + row decoding, no embedding",
+                                    lambda q: bench.store.search_vector(bench.vectors[q], k), bar)
     brute, brute_hits = latency_row(bench, f"numpy brute force top-{k}", "matrix-vector product + argpartition, ids only",
                                     lambda q: numpy_topk(matrix, bench.vectors[q], k), bar)
     agree = np.mean([len({c.chunk_id for c, _ in a[:10]} & {ids[j] for j in b[:10]}) / 10
@@ -310,7 +310,7 @@ def build_synthetic(store: Store, n: int, dim: int, batch_rows: int, vocab: Voca
             generate, replace = generate + t1 - t0, replace + time.perf_counter() - t1
             bar.advance(task)
         t0 = time.perf_counter()
-        store.finish()
+        store.build_indexes()
         finish = time.perf_counter() - t0
     assert store.count() == n, f"synthetic index holds {store.count()} chunks, expected {n}"
     return {"chunks": n, "batches": len(batches), "batch_rows": batch_rows, "generate_seconds": round(generate, 2),
@@ -324,7 +324,7 @@ def render(result: dict) -> str:
     ing, raw = result["ingest"], result["raw_embedder"]
     rows = [("index_documents (parse+chunk+embed+store), whole corpus", ing["chunks"], ing["seconds"], ing["chunks_per_second"])]
     rows += [(f"  of which {k}", None, v, None) for k, v in ing["breakdown_seconds"].items()]
-    rows += [("store.finish() (BM25 index)", None, ing["finish_seconds"], None),
+    rows += [("store.build_indexes() (BM25 index)", None, ing["finish_seconds"], None),
              (f"raw embedder.embed, same chunks ({raw['batches']}/{raw['of_batches']} batches)", raw["chunks"],
               raw["seconds"], raw["chunks_per_second"]),
              ("  same batches' embed calls inside ingest", raw["chunks"], raw["same_batches_embed_seconds_during_ingest"], None)]

@@ -56,7 +56,8 @@ class HashingEmbedder:
 
 
 class TransformerEmbedder:
-    """A sentence-transformers style encoder run with plain transformers: mean pooling, L2 norm."""
+    """A sentence-transformers style encoder run with plain transformers: mean pooling, L2 norm (as in
+    Reimers and Gurevych, Sentence-BERT, 2019). Texts past `max_length` tokens are truncated."""
 
     def __init__(self, path: Path, name: str, max_length: int = 256, batch_size: int = 64):
         import torch

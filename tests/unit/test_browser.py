@@ -12,7 +12,8 @@ from .test_server import _project
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # In CI a missing browser is a failure, not a skip: .ci/run installs it.
-pytestmark = pytest.mark.skipif(not os.environ.get("CI") and not (shutil.which("chromium") and shutil.which("chromedriver")),
+_HAVE_BROWSER = bool(shutil.which("chromium") and shutil.which("chromedriver"))
+pytestmark = pytest.mark.skipif(not os.environ.get("CI") and not _HAVE_BROWSER,
                                 reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
 
 

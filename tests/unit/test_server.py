@@ -1,5 +1,4 @@
 """The server through real HTTP on loopback, with the official `openai` client (echo engine, hashing embedder)."""
-import json
 import socket
 import threading
 import time
@@ -159,7 +158,8 @@ def test_admin_endpoints_need_the_admin_key(served, tmp_path):
     assert rows[0]["label"] == ref.label
     r = httpx.post(running.url + "/admin/adapters/claims/rollback", headers=admin)
     assert r.json() == {"active": None}
-    a = _client(running).chat.completions.create(model="auto", messages=[{"role": "user", "content": "stolen bike police"}])
+    a = _client(running).chat.completions.create(model="auto",
+                                                 messages=[{"role": "user", "content": "stolen bike police"}])
     assert a.model_extra["adapter"] is None  # the rollback took effect on the next request
     r = httpx.post(running.url + "/admin/adapters/claims/activate", headers=admin, json={"version": ref.version[:8]})
     assert r.json() == {"active": ref.label}
@@ -196,7 +196,8 @@ def test_full_queue_answers_429_and_concurrent_requests_share_a_batch(project_di
         results: list[int] = []
 
         def call():
-            results.append(httpx.post(running.url + "/v1/chat/completions", headers=auth, json=body, timeout=60).status_code)
+            r = httpx.post(running.url + "/v1/chat/completions", headers=auth, json=body, timeout=60)
+            results.append(r.status_code)
 
         first = threading.Thread(target=call)
         first.start()  # taken by the worker, which then waits on the gate

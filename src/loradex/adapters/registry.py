@@ -72,6 +72,8 @@ def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], 
     Raises AdapterError for pickle files, a missing PEFT file, a non-LoRA type, a rank outside 1..max_rank,
     files that do not match the manifest's hash, another base model, or LoRA shapes the base cannot take."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such folder; give a PEFT adapter folder")
     pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise AdapterError(f"{folder}: refusing pickle files ({', '.join(pickles)}); only safetensors are loaded")

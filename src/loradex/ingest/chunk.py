@@ -19,6 +19,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 @dataclass(frozen=True)
 class Span:
+    """A chunk as a character span of the document's text, with the heading path and page it starts under."""
+
     start: int
     end: int
     heading_path: tuple[str, ...]
@@ -74,6 +76,10 @@ def _pack(text: str, spans: list[tuple[int, int]], count: Callable[[str], int], 
 
 
 def chunk_document(doc: ParsedDocument, count: Callable[[str], int], max_tokens: int) -> list[Span]:
+    """The document's chunks as spans of `doc.text`, in order, by the rules of the module docstring.
+
+    `max_tokens` bounds a chunk as counted by `count` (the embedder's token counter, additive over
+    whitespace-joined pieces); a chunk goes over it only when one word alone does."""
     spans: list[Span] = []
     group: list[Block] = []
     tokens = 0

@@ -11,7 +11,6 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-
 from typing import TYPE_CHECKING
 
 from ..engine import GenerationRequest

@@ -7,6 +7,7 @@ not JSON, not an object, or a field out of range) are 400s naming the field. Eac
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastapi import FastAPI, Request
@@ -27,7 +28,7 @@ class ApiError(Exception):
     None), the request field it is about (`param`) and extra response `headers`."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None):
+                 param: str | None = None, headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.code = status, message, type_, code
         self.param, self.headers = param, headers

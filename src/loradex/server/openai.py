@@ -113,7 +113,8 @@ def model_target(project: Project, model: str) -> dict[str, Any]:
     name, _, version = model.partition("@")
     domains = set(project.config.domains) | {r["domain"] for r in project.registry.versions()}
     if name not in domains:
-        raise ApiError(404, f"unknown model {model!r}; GET /v1/models lists them", code="model_not_found", param="model")
+        raise ApiError(404, f"unknown model {model!r}; GET /v1/models lists them", code="model_not_found",
+                       param="model")
     if version:
         try:
             project.registry.resolve(name, version)
@@ -193,7 +194,8 @@ def _chunk(reply: _Reply, delta: dict, finish_reason: str | None = None, **extra
 def _stream(state: ServerState, prepared: Prepared, reply: _Reply, t0: float) -> StreamingResponse:
     """Server-sent events from the engine's stream; 429 when streams and waiting requests fill the queue."""
     if not state.streams.enter(state.batcher.capacity - state.batcher.depth):
-        raise ApiError(429, "server busy; retry shortly", "rate_limit_error", "queue_full", headers={"Retry-After": "1"})
+        raise ApiError(429, "server busy; retry shortly", "rate_limit_error", "queue_full",
+                       headers={"Retry-After": "1"})
     return StreamingResponse(_events(state, prepared, reply, t0), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

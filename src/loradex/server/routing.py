@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator, MutableMapping
 from typing import Any
 
 from fastapi import Request, Response
@@ -22,7 +22,7 @@ from .state import get_state
 
 __all__ = ["GuardedRoute"]
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 def _calls(dependant: Dependant) -> Iterator[Any]:
@@ -37,7 +37,7 @@ def _json_request(request: Request, raw: bytes) -> Request:
     scope = {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}
     sent = False
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         nonlocal sent
         if sent:
             return await request.receive()  # after the body: wait for the client to go away

@@ -67,7 +67,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_scifact() -> SciFact:
     """The SciFact corpus, test queries and test qrels; exits with a clear message if absent."""
     folder = data_root() / "scifact"
-    corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"
+    corpus_path, queries_path, qrels_path = (folder / "corpus.jsonl", folder / "queries.jsonl",
+                                             folder / "qrels" / "test.tsv")
     missing = [str(p) for p in (corpus_path, queries_path, qrels_path) if not p.is_file()]
     if missing:
         sys.exit(f"SciFact data not found: missing {', '.join(missing)}\n"

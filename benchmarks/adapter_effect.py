@@ -15,7 +15,8 @@
    project's document-fact questions closed-book (no sources); the share that states the fact is
    compared with the base model's. It must not be higher: facts belong to retrieval.
 
-  python benchmarks/adapter_effect.py [--epochs 3] [--lr 2e-3] [--replay 0.25] [--holdout 8] [--mts-train 64] [--mts-eval 16] [--json]
+  python benchmarks/adapter_effect.py [--epochs 3] [--lr 2e-3] [--replay 0.25] [--holdout 8] \\
+      [--mts-train 64] [--mts-eval 16] [--json]
 """
 from __future__ import annotations
 
@@ -43,10 +44,12 @@ LAYOUTS = {
     "billing": re.compile(r"^[^\n]+\n(?:\d+\. .+\n){1,8}Fee: .+$"),
 }
 GENERAL = [("What is the capital of France?", "paris"), ("What is 7 plus 5?", "12"),
-           ("Name the largest planet in our solar system.", "jupiter"), ("What color is the sky on a clear day?", "blue"),
+           ("Name the largest planet in our solar system.", "jupiter"),
+           ("What color is the sky on a clear day?", "blue"),
            ("How many days are in a week?", "7|seven"), ("Translate 'thank you' into Spanish.", "gracias"),
            ("What is the opposite of hot?", "cold"), ("Which animal says 'meow'?", "cat"),
-           ("What is the freezing point of water in Celsius?", "0|zero"), ("Who wrote Romeo and Juliet?", "shakespeare"),
+           ("What is the freezing point of water in Celsius?", "0|zero"),
+           ("Who wrote Romeo and Juliet?", "shakespeare"),
            ("What is the capital of Spain?", "madrid"), ("How many months are in a year?", "12|twelve"),
            ("What is 10 times 10?", "100|hundred"), ("Which star is at the centre of our solar system?", "sun"),
            ("What do cows drink?", "water"), ("What is the color of grass?", "green"),
@@ -133,7 +136,8 @@ def mts_effect(proj, engine, args, work: Path) -> dict | None:
         return None
     train_ex = mts_examples(folder / "MTS-Dialog-TrainingSet.csv", args.mts_train, 0)
     held = mts_examples(folder / "MTS-Dialog-ValidationSet.csv", args.mts_eval, 1)
-    headers = sorted({e.answer.split("\n")[0][9:] for e in mts_examples(folder / "MTS-Dialog-TrainingSet.csv", 10**6, 0)})
+    headers = sorted({e.answer.split("\n")[0][9:]
+                      for e in mts_examples(folder / "MTS-Dialog-TrainingSet.csv", 10**6, 0)})
     layout = re.compile(r"^Section: (" + "|".join(map(re.escape, headers)) + r")\nNote: \S")
     settings = TrainSettings(epochs=args.epochs, batch_size=4, max_seq_len=512, lr=args.lr, max_steps=args.max_steps,
                              replay=args.replay)
@@ -148,7 +152,8 @@ def mts_effect(proj, engine, args, work: Path) -> dict | None:
             "format_adapter": sum(bool(layout.match(t.strip())) for t in tuned) / len(held),
             "header_base": sum(t.strip().startswith(r) for t, r in zip(base, ref)) / len(held),
             "header_adapter": sum(t.strip().startswith(r) for t, r in zip(tuned, ref)) / len(held),
-            "samples": [{"base": b[:200], "adapter": a[:200], "reference": r} for b, a, r in list(zip(base, tuned, ref))[:3]]}
+            "samples": [{"base": b[:200], "adapter": a[:200], "reference": r}
+                        for b, a, r in list(zip(base, tuned, ref))[:3]]}
 
 
 def forgetting(engine, adapters: list[str], system: str) -> dict:
@@ -181,7 +186,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--replay", type=float, default=0.25, help="share of base-answered general prompts mixed in (0: off)")
+    ap.add_argument("--replay", type=float, default=0.25,
+                    help="share of base-answered general prompts mixed in (0: off)")
     ap.add_argument("--holdout", type=int, default=8)
     ap.add_argument("--mts-train", type=int, default=64)
     ap.add_argument("--mts-eval", type=int, default=16)
@@ -203,7 +209,8 @@ def main() -> None:
             mts = mts_effect(proj, engine, args, work)
             rows += [mts] if mts else []
         adapters = [r["domain"] if r["domain"] != "mts_dialog" else "mts" for r in rows]
-        forget = forgetting(engine, adapters, system_message(proj.config.name)) if "forgetting" not in args.skip else None
+        forget = (forgetting(engine, adapters, system_message(proj.config.name))
+                  if "forgetting" not in args.skip else None)
         book = closed_book(proj, engine, args, work) if "closed_book" not in args.skip else None
     payload = {"benchmark": "adapter_effect", "date": now_iso(), "model": "smollm2-135m", "settings": vars(args),
                "domains": rows, "forgetting_general_prompts": forget, "closed_book": book,
@@ -215,8 +222,10 @@ def main() -> None:
     print(markdown_table(["domain", "train / held-out", "format: base", "format: adapter", "decision or header: base",
                           "decision or header: adapter", "held-out loss"],
                          [(r["domain"], f"{r['train']} / {r['held_out']}", r["format_base"], r["format_adapter"],
-                           r.get("escalation_base", r.get("header_base")), r.get("escalation_adapter", r.get("header_adapter")),
-                           f"{r['training']['initial_eval_loss']:.2f} -> {r['training']['best_eval_loss']:.2f}") for r in rows]))
+                           r.get("escalation_base", r.get("header_base")),
+                           r.get("escalation_adapter", r.get("header_adapter")),
+                           f"{r['training']['initial_eval_loss']:.2f} -> "
+                           f"{r['training']['best_eval_loss']:.2f}") for r in rows]))
     if forget:
         print("\ngeneral prompts answered correctly:", forget)
     if book:

@@ -38,7 +38,8 @@ def pipeline_timings(proj, questions: list[str]) -> list[dict]:
         decode_ms = t["generate"] - t.get("prompt", 0.0)
         rows.append({"retrieve_ms": t["retrieve"], "prompt_ms": t.get("prompt", 0.0), "decode_ms": decode_ms,
                      "verify_ms": t["verify"], "prompt_tokens": a.usage.get("prompt_tokens", 0),
-                     "completion_tokens": tokens, "tokens_per_s": tokens / (decode_ms / 1000) if decode_ms > 0 else None})
+                     "completion_tokens": tokens,
+                     "tokens_per_s": tokens / (decode_ms / 1000) if decode_ms > 0 else None})
     return rows
 
 
@@ -74,14 +75,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     lines = (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()
-    questions = [json.loads(line)["question"] for line in lines][:: max(1, len(lines) // args.questions)][: args.questions]
+    questions = ([json.loads(line)["question"] for line in lines]
+                 [:: max(1, len(lines) // args.questions)][: args.questions])
     with tempfile.TemporaryDirectory() as tmp:
         proj = example_project(Path(tmp))
         proj.load()  # load the models before timing
         rows = pipeline_timings(proj, questions)
         over = overhead(proj, questions, args.new_tokens, args.repeats)
     med = {k: statistics.median(r[k] for r in rows if r[k] is not None)
-           for k in ("retrieve_ms", "prompt_ms", "decode_ms", "verify_ms", "prompt_tokens", "completion_tokens", "tokens_per_s")}
+           for k in ("retrieve_ms", "prompt_ms", "decode_ms", "verify_ms", "prompt_tokens", "completion_tokens",
+                     "tokens_per_s")}
     payload = {"benchmark": "answer_latency", "date": now_iso(), "model": proj.config.model, "median": med,
                "engine_vs_plain_generate": over, "rows": rows, "machine": machine_info()}
     write_json(RESULTS / "answer_latency.json", payload)
@@ -92,7 +95,8 @@ def main() -> None:
     print()
     print(markdown_table(["", "plain model.generate", "loradex engine", "overhead"],
                          [(f"{over['new_tokens']} new tokens, median of {over['calls']} calls",
-                           f"{over['plain_generate_s']:.2f} s", f"{over['engine_s']:.2f} s", f"{over['overhead']:+.1%}")]))
+                           f"{over['plain_generate_s']:.2f} s", f"{over['engine_s']:.2f} s",
+                           f"{over['overhead']:+.1%}")]))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def main() -> None:
         t_grouped, grouped = timed(lambda: [g for grp in by_adapter for g in engine.generate(grp)], args.repeats)
         t_single, single = timed(lambda: [engine.generate([r])[0] for r in reqs], args.repeats)
         grouped_in_order = {id(r): g for r, g in zip([r for grp in by_adapter for r in grp], grouped)}
-        same_text = ([g.text for g in mixed] == [grouped_in_order[id(r)].text for r in reqs] == [g.text for g in single])
+        same_text = ([g.text for g in mixed] == [grouped_in_order[id(r)].text for r in reqs]
+                     == [g.text for g in single])
         tokens = sum(g.completion_tokens for g in mixed)
         distinct = len({g.text for g in mixed[:4]})
     rows = [{"arm": "mixed batch (8 requests, 4 adapters, one batch)", "seconds": round(t_mixed, 3)},

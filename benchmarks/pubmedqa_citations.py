@@ -51,7 +51,8 @@ def write_corpus(root: Path, data: dict, ids: list[str]) -> None:
     (root / "docs").mkdir(parents=True)
     for pmid in ids:
         rec = data[pmid]
-        parts = [f"# PubMed {pmid}"] + [f"## {label.title()}\n\n{text}" for label, text in zip(rec["LABELS"], rec["CONTEXTS"])]
+        parts = [f"# PubMed {pmid}"] + [f"## {label.title()}\n\n{text}"
+                                         for label, text in zip(rec["LABELS"], rec["CONTEXTS"])]
         (root / "docs" / f"{pmid}.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     (root / "loradex.yaml").write_text("name: PubMed abstracts\nsources: [docs]\n")
 
@@ -108,7 +109,8 @@ def main() -> None:
         proj = open_project(root)
         t0 = time.perf_counter()
         report = ingest(proj)
-        STDERR.print(f"ingested {len(report.added)} abstracts, {report.chunks} chunks in {time.perf_counter() - t0:.0f} s")
+        STDERR.print(f"ingested {len(report.added)} abstracts, {report.chunks} chunks "
+                     f"in {time.perf_counter() - t0:.0f} s")
         proj.config.answer.max_new_tokens = args.max_new_tokens
         rows, t0 = [], time.perf_counter()
         with progress_bar() as bar:
@@ -127,7 +129,8 @@ def main() -> None:
         print(json.dumps(payload, indent=2))
         return
     print(markdown_table(["metric", "value"], [(k, v) for k, v in summary.items()]))
-    print(f"\n{len(rows)} questions (seed {args.seed}) in {seconds:.0f} s; rows in benchmarks/results/pubmedqa_citations.json")
+    print(f"\n{len(rows)} questions (seed {args.seed}) in {seconds:.0f} s; "
+          "rows in benchmarks/results/pubmedqa_citations.json")
 
 
 if __name__ == "__main__":

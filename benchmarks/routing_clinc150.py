@@ -214,13 +214,15 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-only", action="store_true",
-                    help="only the latency part (results/routing_clinc150_latency.json), for a rerun on a quiet machine")
+                    help="only the latency part (results/routing_clinc150_latency.json), "
+                         "for a rerun on a quiet machine")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     monitor = LoadMonitor()
     data, intent_domain = load_clinc()
     embedder = load_model("all-minilm-l6-v2")
-    split = {name: ([t for t, _ in data[name]], [intent_domain[i] for _, i in data[name]]) for name in ("train", "val", "test")}
+    split = {name: ([t for t, _ in data[name]], [intent_domain[i] for _, i in data[name]])
+             for name in ("train", "val", "test")}
     oos = [t for t, _ in data["oos_test"]]
     domains = sorted(set(intent_domain.values()))
     t0 = time.perf_counter()
@@ -235,7 +237,8 @@ def main() -> None:
         payload = {"benchmark": "routing_clinc150_latency", "date": now_iso(), "latency": latency,
                    "load": monitor.report(), "machine": machine_info()}
         write_json(RESULTS / "routing_clinc150_latency.json", payload)
-        print(json.dumps(payload, indent=2) if args.json else f"router p50 {latency['router_full_train']['p50_ms']} ms, "
+        print(json.dumps(payload, indent=2) if args.json
+              else f"router p50 {latency['router_full_train']['p50_ms']} ms, "
               f"p99 {latency['router_full_train']['p99_ms']} ms; embedding p50 {latency['embedding']['p50_ms']} ms")
         return
     labels = np.array(split["train"][1])
@@ -252,7 +255,8 @@ def main() -> None:
     payload = {"benchmark": "routing_clinc150", "date": now_iso(), "embedder": "all-minilm-l6-v2",
                "settings": vars(args), "test_in_scope": len(truth), "test_out_of_scope": len(oos),
                "embedding_seconds_all_splits": round(embed_s, 1), "results": rows, "latency": latency,
-               "tradeoff_curves": {k: {n: [{"target_recall": a, "in_scope_accuracy": b, "oos_recall": c} for a, b, c in pts]
+               "tradeoff_curves": {k: {n: [{"target_recall": a, "in_scope_accuracy": b, "oos_recall": c}
+                                           for a, b, c in pts]
                                        for n, pts in v.items()} for k, v in curves.items()},
                "load": monitor.report(), "machine": machine_info()}
     write_json(RESULTS / "routing_clinc150.json", payload)

@@ -236,9 +236,11 @@ def baseline_rows(bench: Bench, bar) -> tuple[list[dict], dict]:
     """LanceDB dense store.search_vector against brute-force numpy over the same vectors, k = candidates."""
     k = RetrievalConfig().candidates
     ids, matrix = stored_vectors(bench.store)
-    lance, lance_hits = latency_row(bench, f"dense store.search_vector(k={k})", "LanceDB flat scan + row decoding, no embedding",
+    lance, lance_hits = latency_row(bench, f"dense store.search_vector(k={k})",
+                                    "LanceDB flat scan + row decoding, no embedding",
                                     lambda q: bench.store.search_vector(bench.vectors[q], k), bar)
-    brute, brute_hits = latency_row(bench, f"numpy brute force top-{k}", "matrix-vector product + argpartition, ids only",
+    brute, brute_hits = latency_row(bench, f"numpy brute force top-{k}",
+                                    "matrix-vector product + argpartition, ids only",
                                     lambda q: numpy_topk(matrix, bench.vectors[q], k), bar)
     agree = np.mean([len({c.chunk_id for c, _ in a[:10]} & {ids[j] for j in b[:10]}) / 10
                      for a, b in zip(lance_hits, brute_hits)])
@@ -322,12 +324,14 @@ def build_synthetic(store: Store, n: int, dim: int, batch_rows: int, vocab: Voca
 
 def render(result: dict) -> str:
     ing, raw = result["ingest"], result["raw_embedder"]
-    rows = [("index_documents (parse+chunk+embed+store), whole corpus", ing["chunks"], ing["seconds"], ing["chunks_per_second"])]
+    rows = [("index_documents (parse+chunk+embed+store), whole corpus", ing["chunks"], ing["seconds"],
+             ing["chunks_per_second"])]
     rows += [(f"  of which {k}", None, v, None) for k, v in ing["breakdown_seconds"].items()]
     rows += [("store.build_indexes() (BM25 index)", None, ing["finish_seconds"], None),
              (f"raw embedder.embed, same chunks ({raw['batches']}/{raw['of_batches']} batches)", raw["chunks"],
               raw["seconds"], raw["chunks_per_second"]),
-             ("  same batches' embed calls inside ingest", raw["chunks"], raw["same_batches_embed_seconds_during_ingest"], None)]
+             ("  same batches' embed calls inside ingest", raw["chunks"],
+              raw["same_batches_embed_seconds_during_ingest"], None)]
     out = ["## Ingest throughput (SciFact)", C.markdown_table(["measure", "chunks", "seconds", "chunks/s"], rows),
            f"\ningest / raw embedder (chunks/s) = {result['ingest_over_raw']:.3f}; embedding is "
            f"{ing['embed_share']:.1%} of ingest time\n", "## Query latency",
@@ -340,7 +344,8 @@ def render(result: dict) -> str:
     if "synthetic_build" in result:
         s = result["synthetic_build"]
         out.append(f"\nsynthetic build: {s['chunks']:,} chunks in {s['batches']} replace() calls, "
-                   f"{s['replace_seconds']} s ({s['rows_per_second_replace']:,} rows/s) + finish {s['finish_seconds']} s")
+                   f"{s['replace_seconds']} s ({s['rows_per_second_replace']:,} rows/s) "
+                   f"+ finish {s['finish_seconds']} s")
     load = result["machine_load"]
     out.append(f"\n{result['machine']['cpu_cores']} cores; other processes' CPU share during the run "
                f"{load['other_processes_cpu_share']}; wall {load['wall_seconds']} s")

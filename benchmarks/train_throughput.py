@@ -100,7 +100,8 @@ def main() -> None:
              "--lr", str(args.lr)]
     sides = {}
     for side in ("trainer", "loradex"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, *flags], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--side", side, *flags],
+                             capture_output=True, text=True, check=True)
         sides[side] = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = {"examples_per_s": sides["loradex"]["examples_per_s"] / sides["trainer"]["examples_per_s"],
              "peak_rss": sides["loradex"]["peak_rss_mb"] / sides["trainer"]["peak_rss_mb"]}

@@ -68,7 +68,8 @@ class DomainConfig(_Model):
     tags: list[str] = Field(default_factory=list, description="Tags given to every document of the domain.")
     groups: list[str] = Field(default_factory=list, description="Access groups of every document of the domain.")
     examples: list[str] = Field(default_factory=list, description="Example queries the router learns this domain from.")
-    examples_file: str | None = Field(None, description="File of example queries, one a line (relative to the project).")
+    examples_file: str | None = Field(None, description="File of example queries, one a line "
+                                                        "(relative to the project).")
 
 
 class RoutingConfig(_Model):
@@ -83,7 +84,8 @@ class RoutingConfig(_Model):
 
 
 class AdaptersConfig(_Model):
-    max_loaded: int = Field(4, ge=1, le=256, description="Adapters kept loaded on the base model (least recently used go).")
+    max_loaded: int = Field(4, ge=1, le=256,
+                            description="Adapters kept loaded on the base model (least recently used go).")
 
 
 class ApiKeyConfig(_Model):
@@ -102,7 +104,8 @@ class ServerConfig(_Model):
     max_queue: int = Field(64, ge=1, description="Waiting requests before answering 429.")
     max_input_chars: int = Field(8000, ge=1, description="Longest question accepted.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
-    keys: list[ApiKeyConfig] = Field(default_factory=list, description="API keys (also LORADEX_API_KEY, LORADEX_ADMIN_KEY).")
+    keys: list[ApiKeyConfig] = Field(default_factory=list,
+                                     description="API keys (also LORADEX_API_KEY, LORADEX_ADMIN_KEY).")
 
 
 class MetadataRule(_Model):

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from .atomic import replace_dir, write_text
 from .errors import LoradexError, ModelNotFound

@@ -245,5 +245,6 @@ class Router:
             return None
         r = cls(info["domains"], info["method"], arrays["examples"], arrays["labels"],
                 arrays["weights"] if "weights" in arrays else None, arrays["bias"] if "bias" in arrays else None,
-                info["temperature"], info["sim_thresholds"], info["min_probability"], info["target_recall"], info["meta"])
+                info["temperature"], info["sim_thresholds"], info["min_probability"], info["target_recall"],
+                info["meta"])
         return r, info["key"]

@@ -75,8 +75,9 @@ def test_bad_records_name_line_and_field(tmp_path, line, message):
 
 def test_loss_only_on_the_answer_with_the_serving_template():
     tok = tiny_tokenizer()
-    ids, labels = encode_example(tok, ({"role": "user", "content": "q"}, {"role": "assistant", "content": "the answer"}),
-                         "SYS", 512)
+    ids, labels = encode_example(tok, ({"role": "user", "content": "q"},
+                                       {"role": "assistant", "content": "the answer"}),
+                                 "SYS", 512)
     answer = [t for t, y in zip(ids, labels) if y != -100]
     assert tok.decode(answer) == "the answer<|im_end|>"
     assert tok.decode(ids).startswith("<|im_start|>system\nSYS<|im_end|>")
@@ -159,7 +160,8 @@ def test_adapter_for_another_model_shape_is_refused(project, tmp_path):
 
     other = LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2))
-    get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "o")
+    get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(
+        tmp_path / "o")
     with pytest.raises(AdapterError, match="the base layer needs"):
         project.registry.register(tmp_path / "o", "claims", {})
 
@@ -173,10 +175,12 @@ def test_cli_train_list_activate_rollback(project):
     label = json.loads(r.stdout)["adapter"]
     version = json.loads(r.stdout)["version"]
     assert label.startswith("claims@sha256:")
-    assert json.loads(runner.invoke(app, ["adapters", "activate", "claims", version[:12], "-p", p, "--json"]).stdout) == {"active": label}
+    assert json.loads(runner.invoke(app, ["adapters", "activate", "claims", version[:12], "-p", p, "--json"]).stdout) \
+        == {"active": label}
     rows = json.loads(runner.invoke(app, ["adapters", "list", "-p", p, "--json"]).stdout)
     assert rows[0]["active"] and rows[0]["label"] == label
-    assert json.loads(runner.invoke(app, ["adapters", "rollback", "claims", "-p", p, "--json"]).stdout) == {"active": None}
+    assert json.loads(runner.invoke(app, ["adapters", "rollback", "claims", "-p", p, "--json"]).stdout) \
+        == {"active": None}
     # a version exported and imported into another domain keeps its training record
     out = project.root / "exported"
     r = runner.invoke(app, ["adapters", "export", "claims", str(out), "--version", version[:8], "-p", p, "--json"])
@@ -230,7 +234,8 @@ def test_replay_targets_are_the_base_models_own_answers_and_cached(project, tmp_
     engine = LocalEngine(project.base_model_dir)
     prompts = PROMPTS[:3]
     pairs = base_answers(engine, "SYS", tmp_path / "cache", "sha", prompts=prompts, max_new_tokens=8)
-    direct = engine.generate([GenerationRequest(({"role": "system", "content": "SYS"}, {"role": "user", "content": prompts[0]}), 8)])
+    direct = engine.generate([GenerationRequest(({"role": "system", "content": "SYS"},
+                                                 {"role": "user", "content": prompts[0]}), 8)])
     assert pairs[0] == (prompts[0], direct[0].text.strip())
     calls = []
     cached = base_answers(None, "SYS", tmp_path / "cache", "sha", prompts=prompts, max_new_tokens=8,
@@ -250,6 +255,7 @@ def test_replay_pool_is_disjoint_from_the_forgetting_benchmark():
 
     repo = Path(__file__).resolve().parents[2]
     tree = ast.parse((repo / "benchmarks/adapter_effect.py").read_text())
-    general = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "GENERAL")
+    general = next(n.value for n in ast.walk(tree)
+                   if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "GENERAL")
     scored = {q.lower() for q, _ in ast.literal_eval(general)}
     assert len(scored) == 30 and not scored & {p.lower() for p in PROMPTS} and len(set(PROMPTS)) == len(PROMPTS)

@@ -1,8 +1,11 @@
+"""LocalEngine and EchoEngine specifics: chat template, model resolution, adapter eviction. What every engine
+must do (batching, streaming, stop strings, budgets, adapters) is in `tests/contract/test_engine.py`."""
 import pytest
 
 from loradex.engine import GenerationRequest, cut_at_stop
 from loradex.engine.echo import EchoEngine
 from loradex.engine.local import LocalEngine
+from loradex.errors import EngineError
 from loradex.models import ModelNotFound, resolve_model
 from loradex.testing import build_tiny_llama
 
@@ -22,29 +25,11 @@ def test_chat_template_carries_our_system_message(tiny):
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
-def test_token_budget_and_batch_equals_single(tiny):
+def test_local_engine_times_prompt_and_generation(tiny):
+    # the rest of the former test_token_budget_and_batch_equals_single is in tests/contract/test_engine.py
     reqs = [_req("Report a claim", 10), _req("What is the grace period for a missed monthly premium?", 6)]
     batch = tiny.generate(reqs)
-    single = [tiny.generate([r])[0] for r in reqs]
-    assert [g.text for g in batch] == [g.text for g in single]
-    assert batch[0].completion_tokens <= 10 and batch[1].completion_tokens <= 6
-    assert all(g.finish_reason in ("stop", "length") for g in batch)
-    assert batch[0].prompt_tokens < batch[1].prompt_tokens
     assert batch[0].timings_ms["prompt"] > 0 and batch[0].timings_ms["generate"] >= 0
-
-
-def test_stream_yields_the_same_text_as_generate(tiny):
-    req = _req("Theft must be reported", 15)
-    assert "".join(tiny.stream(req)).strip() == tiny.generate([req])[0].text
-
-
-def test_stop_sequences_cut_the_text(tiny):
-    full = tiny.generate([_req("Report a claim", 20)])[0].text
-    assert len(full) >= 4  # the tiny model never emits special tokens, so it fills its budget
-    stop = full[2:4]
-    cut = tiny.generate([_req("Report a claim", 20, stop=(stop,))])[0]
-    assert stop not in cut.text and full.startswith(cut.text)
-    assert "".join(tiny.stream(_req("Report a claim", 20, stop=(stop,)))).strip() == cut.text
 
 
 def test_cut_at_stop():
@@ -94,7 +79,7 @@ def test_adapter_changes_output_and_base_stays_unchanged(tmp_path):
     assert with_adapter != base
     assert engine.generate([req])[0].text == base  # adapter=None is the bare base model
     assert "".join(engine.stream(GenerationRequest(req.messages, 12, adapter="claims"))).strip() == with_adapter
-    with pytest.raises(ValueError, match="not loaded"):
+    with pytest.raises(EngineError, match="not loaded"):
         engine.generate([GenerationRequest(req.messages, 4, adapter="billing")])
 
 
@@ -131,7 +116,7 @@ def test_lru_eviction_and_a_new_version_never_serves_old_weights(four_adapters):
         assert engine.load_adapter(f"d{i}", paths[i]) is True
         texts[i] = engine.generate([GenerationRequest(req.messages, 12, adapter=f"d{i}")])[0].text
     assert engine.loaded_adapters() == ["d1", "d2"] and engine.stats["adapter_evictions"] == 1
-    with pytest.raises(ValueError, match="not loaded"):
+    with pytest.raises(EngineError, match="not loaded"):
         engine.generate([GenerationRequest(req.messages, 4, adapter="never-loaded")])
     assert engine.load_adapter("d1", paths[1]) is False  # already there: only marked as recently used
     engine.load_adapter("d0", paths[0])  # evicts d2, the least recently used

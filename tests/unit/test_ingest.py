@@ -124,7 +124,8 @@ def test_metadata_change_reindexes_without_content_change(project_dir):
     root = project_dir(DOCS, CONFIG)
     proj = _open(root)
     ingest(proj)
-    (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text() + "metadata:\n  - {paths: ['docs/claims/*'], tags: [urgent]}\n")
+    (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text()
+                                       + "metadata:\n  - {paths: ['docs/claims/*'], tags: [urgent]}\n")
     proj = _open(root)
     report = ingest(proj)
     assert sorted(report.updated) == ["docs/claims/report.md", "docs/claims/theft.txt"]

@@ -24,7 +24,8 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """Modules of the package that `name` imports by statement (at any depth, TYPE_CHECKING blocks excluded)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+    skipped = {id(n) for node in ast.walk(tree)
+               if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
                for child in node.body for n in ast.walk(child)}
     found: set[str] = set()
     for node in ast.walk(tree):

@@ -149,7 +149,8 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             for p in Path(folder).iterdir():
-                if p.is_file() and (p.name in PEFT_FILES or p.suffix in (".png", ".json")) and p.name != "manifest.json":
+                if (p.is_file() and (p.name in PEFT_FILES or p.suffix in (".png", ".json"))
+                        and p.name != "manifest.json"):
                     shutil.copy2(p, tmp / p.name)
             full = {**manifest, "domain": domain, "version": version, "base_model": self.base,
                     "files": {n: hashlib.sha256((tmp / n).read_bytes()).hexdigest() for n in PEFT_FILES},
@@ -193,7 +194,8 @@ class Registry:
             if version is None:
                 raise AdapterError(f"no active adapter for {domain!r}: train one or `loradex adapters activate`")
         version = version.split("sha256:")[-1]
-        matches = [p.name for p in d.iterdir() if p.is_dir() and p.name.startswith(version) and not p.name.endswith(".tmp")] \
+        matches = [p.name for p in d.iterdir()
+                   if p.is_dir() and p.name.startswith(version) and not p.name.endswith(".tmp")] \
             if d.is_dir() else []
         if len(matches) != 1:
             raise AdapterError(f"{'no' if not matches else 'ambiguous'} adapter version {version!r} for {domain!r}; "

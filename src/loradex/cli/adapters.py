@@ -43,7 +43,8 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
               "duplicates_dropped": dupes, "metrics": metrics})
         return
     out.print(f"registered [bold]{ref.label}[/]{' (active)' if activate else ''}: held-out loss "
-              f"{metrics['initial_eval_loss']:.3f} -> {metrics['best_eval_loss']:.3f} (best at step {metrics['best_step']}), "
+              f"{metrics['initial_eval_loss']:.3f} -> {metrics['best_eval_loss']:.3f} "
+              f"(best at step {metrics['best_step']}), "
               f"{metrics['steps']} steps in {metrics['seconds']:.0f} s; loss curve: {ref.path / 'loss_curve.png'}",
               highlight=False)
 
@@ -81,7 +82,8 @@ def adapters_list(project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     for r in rows:
         m = r["metrics"]
         table.add_row(r["label"], "*" if r["active"] else "", f"{(r['size_bytes'] or 0) / 1e6:.1f} MB",
-                      f"{m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "-", str(m.get("steps", "-")))
+                      f"{m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "-",
+                      str(m.get("steps", "-")))
     out.print(table)
 
 

@@ -131,7 +131,8 @@ def ask(question: str = typer.Argument(..., help="The question."),
     from ..pipeline import answer as run_answer
 
     proj = open_checked(project, domain)
-    on_token = (lambda piece: out.print(piece, end="", highlight=False, markup=False)) if stream and not as_json else None
+    on_token = ((lambda piece: out.print(piece, end="", highlight=False, markup=False))
+                if stream and not as_json else None)
     result = run_answer(proj, question, k=k, domain=domain, on_token=on_token, route=not no_route,
                         use_adapter=not no_adapter, retrieval=not no_retrieval)
     if as_json:

@@ -195,7 +195,8 @@ class LocalEngine:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**enc, generation_config=self._config(request, request.max_new_tokens),
                       streamer=streamer, tokenizer=self.tokenizer, request=request)
-        thread = threading.Thread(target=self._generate_for_streamer, kwargs=kwargs, daemon=True)
+        errors: list[BaseException] = []
+        thread = threading.Thread(target=self._generate_for_streamer, args=(errors,), kwargs=kwargs, daemon=True)
         thread.start()
         hold = max((len(s) for s in request.stop), default=0)
         buffer = ""
@@ -212,12 +213,18 @@ class LocalEngine:
             if buffer:
                 yield buffer
         thread.join()
+        if errors:  # e.g. an adapter that was never loaded: fail as generate() does
+            raise errors[0]
 
-    def _generate_for_streamer(self, request: GenerationRequest, **kwargs) -> None:
-        with self._lock:
-            context, extra = self._adapter_kwargs([request])
-            with self.torch.inference_mode(), context:
-                self.model.generate(**kwargs, **extra)
+    def _generate_for_streamer(self, errors: list[BaseException], request: GenerationRequest, **kwargs) -> None:
+        try:
+            with self._lock:
+                context, extra = self._adapter_kwargs([request])
+                with self.torch.inference_mode(), context:
+                    self.model.generate(**kwargs, **extra)
+        except BaseException as e:  # noqa: BLE001 - handed to stream(), whose reader would otherwise wait forever
+            errors.append(e)
+            kwargs["streamer"].end()
 
 
 def from_project(project: Project) -> LocalEngine:

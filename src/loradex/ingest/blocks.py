@@ -94,7 +94,8 @@ def scan(text: str, *, markdown: bool, offset: int = 0, page: int | None = None,
         j = i
         while j + 1 < len(lines):
             nxt = lines[j + 1][2]
-            if not nxt.strip() or LIST_ITEM.match(nxt) or _TABLE.match(nxt) or (markdown and (_HEADING.match(nxt) or _FENCE.match(nxt))):
+            if (not nxt.strip() or LIST_ITEM.match(nxt) or _TABLE.match(nxt)
+                    or (markdown and (_HEADING.match(nxt) or _FENCE.match(nxt)))):
                 break
             j += 1
         if not markdown and j == i and heading_like(line):

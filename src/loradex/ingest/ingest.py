@@ -72,7 +72,8 @@ def make_chunks(doc: PendingDoc, embedder: Embedder, max_tokens: int) -> list[Ch
 
 
 def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc], max_tokens: int,
-                    *, batch_chunks: int = 256, on_commit: Callable[[list[PendingDoc], list[Chunk]], None] | None = None,
+                    *, batch_chunks: int = 256,
+                    on_commit: Callable[[list[PendingDoc], list[Chunk]], None] | None = None,
                     progress: Progress | None = None, total: int = 0) -> int:
     """Chunk, embed and store documents in batches; each batch is one atomic store commit."""
     batch: list[PendingDoc] = []
@@ -108,7 +109,8 @@ def walk(roots: Sequence[Path], skipped: list[tuple[str, str]]) -> list[Path]:
     for root in roots:
         if root.is_file():
             if detect_format(root) is None:
-                skipped.append((str(root), f"unsupported format {root.suffix or '(none)'}: use .md .txt .html .pdf .docx"))
+                skipped.append((str(root), f"unsupported format {root.suffix or '(none)'}: "
+                                           "use .md .txt .html .pdf .docx"))
             else:
                 files.append(root)
         elif root.is_dir():

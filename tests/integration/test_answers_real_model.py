@@ -49,7 +49,7 @@ def test_answer_on_the_example_project(project):
     assert a.sources and all(docs[s.file]["domain"] == "billing" for s in a.sources)
     for c in a.citations:  # whatever the small model wrote, every citation points at a listed source
         assert 1 <= c.n <= len(a.sources) and c.chunk_id == a.sources[c.n - 1].chunk_id
-        assert isinstance(c["verified"], bool)
+        assert isinstance(c.verified, bool)
     assert a.usage["completion_tokens"] <= project.config.answer.max_new_tokens
 
 

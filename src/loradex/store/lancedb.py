@@ -127,7 +127,7 @@ class LanceStore:
 
         # a MatchQuery, not the raw string: LanceDB reads a string in double quotes as a phrase query (which
         # fails on our index without positions); a MatchQuery only splits the text into words
-        query = self.table.search(MatchQuery(text, "search_text"), query_type="fts")
+        query = self.table.search(MatchQuery(text, "search_text"), query_type="fts")  # type: ignore[call-arg]
         return [(_chunk(r), float(r["_score"])) for r in self._run(query, k, filters)]
 
     def _run(self, query, k: int, filters: Filters) -> list[dict]:

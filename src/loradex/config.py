@@ -73,14 +73,19 @@ class DomainConfig(_Model):
 
 
 class RoutingConfig(_Model):
-    method: Literal["linear", "centroid", "nearest"] = Field("linear", description=(
-        "How queries are scored against the domains' examples (linear was best on CLINC150: "
-        "benchmarks/routing_clinc150.py)."))
-    holdout: float = Field(0.2, gt=0, lt=1, description="Share of each domain's examples held out for calibration.")
+    method: Literal["linear+nearest", "linear", "centroid", "nearest"] = Field("linear+nearest", description=(
+        "How queries are scored against the domains' examples (linear+nearest was best with few examples on "
+        "CLINC150's validation split: benchmarks/routing_clinc150.py)."))
     target_recall: float = Field(0.95, gt=0, le=1, description=(
-        "Share of held-out in-domain examples that must pass the per-domain out-of-scope threshold."))
-    min_probability: float = Field(0.5, ge=0, le=1, description=(
-        "Abstain as ambiguous when the best domain's calibrated probability is under this."))
+        "Share of the example queries (each scored leave-one-out) that must pass the out-of-scope threshold."))
+    min_probability: float = Field(0.0, ge=0, le=1, description=(
+        "Abstain as ambiguous when the best domain's calibrated probability is under this (0: never)."))
+    negatives: bool = Field(True, description=(
+        "Use loradex's general off-topic queries (not from any evaluation set) to tell off-topic queries apart."))
+    negatives_file: str | None = Field(None, description=(
+        "Your own off-topic queries, one a line (relative to the project), used beside loradex's."))
+    documents: bool = Field(True, description=(
+        "Let each domain's indexed passages (up to 300) and description widen what counts as in scope."))
 
 
 class AdaptersConfig(_Model):
@@ -204,10 +209,12 @@ domains: {{}}
 
 # The router: picks a domain (its adapter and its sources) per query, or abstains to the base model.
 routing:
-  method: linear           # linear | centroid | nearest
-  holdout: 0.2             # share of each domain's examples used to calibrate
-  target_recall: 0.95      # in-domain examples that must pass the out-of-scope threshold
-  min_probability: 0.5     # abstain as ambiguous under this calibrated probability
+  method: linear+nearest   # linear+nearest | linear | centroid | nearest
+  target_recall: 0.95      # example queries (scored leave-one-out) that must pass the out-of-scope threshold
+  min_probability: 0.0     # abstain as ambiguous under this calibrated probability (0: never)
+  negatives: true          # loradex's general off-topic queries help tell off-topic queries apart
+#  negatives_file: routing/off-topic.txt   # and your own, one a line
+  documents: true          # the domains' passages and descriptions widen what counts as in scope
 
 adapters:
   max_loaded: 4            # adapters kept on the base model at once (least recently used unloaded)

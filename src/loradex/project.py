@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Project", "init_project", "open_project"]
 
+SCOPE_PASSAGES = 300  # per domain, for the router's scope (embedded at each refit)
+
 
 class Project:
     """The project at `root` with its parsed `config`; `embedder`, `engine` and `store` replace the configured
@@ -125,8 +127,42 @@ class Project:
                 out[name] = list(dict.fromkeys(queries))
         return out
 
+    def off_topic_queries(self) -> list[str]:
+        """The router's negatives: loradex's general off-topic queries (unless `routing.negatives` is false)
+        and the project's own `routing.negatives_file`. Raises RouterError when that file does not exist."""
+        from .route_fit import off_topic_queries
+
+        cfg = self.config.routing
+        queries = off_topic_queries() if cfg.negatives else []
+        if cfg.negatives_file:
+            path = self.root / cfg.negatives_file
+            if not path.is_file():
+                raise RouterError(f"routing.negatives_file: {path} does not exist")
+            queries += off_topic_queries(path)
+        return list(dict.fromkeys(queries))
+
+    def scope_context(self) -> list[str]:
+        """What widens the router's scope (`routing.documents`): each domain's description and up to
+        `SCOPE_PASSAGES` of its indexed passages, spread evenly over its documents' chunks."""
+        if not self.config.routing.documents:
+            return []
+        texts = [d.description for d in self.config.domains.values() if d.description.strip()]
+        by_domain: dict[str, list[str]] = {}
+        if self.manifest_path.is_file():
+            for doc_id, meta in sorted(self.load_manifest()["documents"].items()):
+                if meta.get("domain") in self.config.domains:
+                    by_domain.setdefault(meta["domain"], []).append(doc_id)
+        for doc_ids in by_domain.values():
+            chunks = [c.search_text() for d in doc_ids for c in self.store.chunks(d)]
+            step = max(1, -(-len(chunks) // SCOPE_PASSAGES))
+            texts += chunks[::step]
+        return texts
+
     def _router_key(self, examples: dict[str, list[str]]) -> str:
-        blob = json.dumps([examples, self.config.embedder, self.config.routing.model_dump()], sort_keys=True)
+        docs = {d: m["version"] for d, m in self.load_manifest()["documents"].items() if m.get("domain")} \
+            if self.config.routing.documents else {}
+        blob = json.dumps([examples, self.off_topic_queries(), docs, self.config.embedder,
+                           self.config.routing.model_dump()], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
@@ -146,8 +182,8 @@ class Project:
         return self._router
 
     def refit_router(self, examples: dict[str, list[str]] | None = None) -> Router:
-        """Fit the router on the domains' example queries, save it under .loradex/ and serve it from now on.
-        Raises RouterError when no domain has examples or they are too few to calibrate."""
+        """Fit the router on the domains' example queries (with the off-topic negatives and the scope context),
+        save it under .loradex/ and serve it from now on. Raises RouterError when no domain has examples."""
         from .route import Router
 
         examples = examples if examples is not None else self.domain_examples()
@@ -156,12 +192,40 @@ class Project:
                               "domains.<name>.examples_file (one query a line) to loradex.yaml")
         texts = [q for qs in examples.values() for q in qs]
         labels = [d for d, qs in examples.items() for _ in qs]
+        negatives, context = self.off_topic_queries(), self.scope_context()
         cfg = self.config.routing
-        router = Router.fit(self.embedder.embed(texts), labels, method=cfg.method, holdout=cfg.holdout,
-                            target_recall=cfg.target_recall, min_probability=cfg.min_probability)
+        router = Router.fit(self.embedder.embed(texts), labels, method=cfg.method,
+                            negatives=self.embedder.embed(negatives) if negatives else None,
+                            context=self.embedder.embed(context) if context else None, texts=texts,
+                            negative_texts=negatives, target_recall=cfg.target_recall,
+                            min_probability=cfg.min_probability)
         router.save(self.state_dir, self._router_key(examples))
         self._router, self._router_checked = router, True
         return router
+
+    def forget_router(self) -> None:
+        """Drop the router held in memory: the next use loads or refits it (after ingest changed documents)."""
+        self._router, self._router_checked = None, False
+
+    def explain_route(self, query: str, k: int = 3) -> dict:
+        """Why `query` is routed as it is: its Route, the `k` nearest example queries of its best domain and of
+        the runner-up, the nearest off-topic queries, the scope score against its threshold, and the best
+        domain's nearest document passages. Raises RouterError when the project has no router."""
+        from .types import Filters
+
+        router = self.router
+        if router is None:
+            raise RouterError("no domain has example queries, so there is no router to explain")
+        vector = self.embedder.embed([query])
+        route = router.route_vectors(vector)[0]
+        why = router.explain(vector[0], k)
+        ranked = sorted(route.scores, key=lambda d: -route.scores[d])[:2]
+        passages = self.store.search_vector(vector[0], k, Filters(domain=route.best)) \
+            if self.manifest_path.is_file() else []
+        return {"route": route.to_dict(), "examples": {d: why["examples"][d] for d in ranked},
+                "off_topic": why["off_topic"], "scope": route.scope, "scope_threshold": why["scope_threshold"],
+                "passages": [{"source": c.source.label(), "cosine": round(s, 4), "text": " ".join(c.text.split())[:160]}
+                             for c, s in passages]}
 
     def route(self, queries: Sequence[str]) -> list[Route]:
         """One Route per query (embedded as one batch); reason `no_router` when no domain has examples."""

@@ -1,16 +1,18 @@
-"""The domain router: which domain (and so which adapter and which sources) a query belongs to.
+"""The domain router: which domain (and so which adapter and which sources) a query belongs to, or none.
 
-Fitted from each domain's example queries, on the project's own embedder:
-- `linear` (default, chosen on CLINC150 by benchmarks/routing_clinc150.py): a multinomial logistic
-  regression on the normalised embeddings; `centroid`: cosine to each domain's mean example;
-  `nearest`: cosine to each domain's closest example.
-- Scores are probabilities: a softmax whose temperature is fitted on a held-out part of the examples
-  (minimum negative log-likelihood), so a 0.8 means right about 80% of the time on that held-out part.
-- Abstention has two independent reasons. `ambiguous`: the top probability is under `min_probability`
-  (two domains too close). `out_of_scope`: the query is farther from the chosen domain's examples than
-  almost all of that domain's held-out examples were (a per-domain cosine threshold at the quantile
-  that keeps `target_recall` of them). Softmax scores alone cannot say "none of these": they always sum to 1.
-- After calibration the router is refitted on all examples; thresholds stay those of the held-out part.
+Fitted from each domain's example queries on the project's own embedder (see `route_fit` for the parts):
+- Which domain: a scorer over the domains' examples (`linear+nearest`, the default, multiplies the
+  probabilities of a logistic regression and of the nearest example; see `route_fit`). Scores are
+  probabilities whose softmax temperature is fitted on out-of-fold scores (cross-validation over the
+  examples), so a shown 0.8 is right about 80% of the time on queries the router did not learn from.
+- Whether any (`out_of_scope`): the scope score of a query is the mean cosine to its two nearest example
+  queries (any domain) minus `NEGATIVE_WEIGHT` times its cosine to the nearest general off-topic query
+  shipped with loradex (`route_fit.off_topic_queries`, kept only where not close to the project's examples).
+  The threshold is the one that keeps `target_recall` of the examples in scope, each scored leave-one-out.
+  `ambiguous`: the best domain's probability is under `min_probability`.
+- With fewer than 2 examples in some domain nothing can be held out to fit the temperature: the router
+  still routes, with temperature 1, and `calibrated` is False with the reason.
+Measured on CLINC150 against a nearest-example router with one global threshold: benchmarks/routing_clinc150.py.
 """
 from __future__ import annotations
 
@@ -24,227 +26,227 @@ import numpy as np
 
 from .atomic import write_text, writing
 from .errors import RouterError
+from .route_fit import (
+    METHODS,
+    NEAREST_SCALE,
+    Scorer,
+    fit_temperature,
+    keep_negatives,
+    normalise,
+    out_of_fold,
+    scope_scores,
+    softmax,
+)
 from .types import Route
 
-__all__ = ["METHODS", "Route", "Router", "RouterError"]
+__all__ = ["METHODS", "NEGATIVE_WEIGHT", "Route", "Router", "RouterError"]
 
-METHODS = ("linear", "centroid", "nearest")
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _fit_linear(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float = 1e-4,
-                steps: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression, full-batch L-BFGS in torch; classes weighted to be balanced."""
-    import torch
-
-    torch.manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    counts = np.bincount(y, minlength=n_classes).astype(np.float32)
-    weights = torch.from_numpy(len(y) / (n_classes * np.maximum(counts, 1)))
-    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-    scale = 10.0  # cosine features are small; a fixed input scale keeps the optimisation well conditioned
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(scale * xt @ w + b, yt, weight=weights)
-        loss = loss + weight_decay * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return (scale * w).detach().numpy(), b.detach().numpy()
-
-
-def _fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature minimising held-out negative log-likelihood (grid over log-space)."""
-    best, best_t = float("inf"), 1.0
-    for t in np.exp(np.linspace(np.log(0.01), np.log(100.0), 161)):
-        p = _softmax(logits / t)
-        nll = -np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()
-        if nll < best:
-            best, best_t = nll, float(t)
-    return best_t
+FOLDS = 5
+NEGATIVE_WEIGHT = 0.3  # chosen on CLINC150's validation splits (benchmarks/routing_clinc150.py), not its test
 
 
 @dataclass
 class Router:
+    """A fitted router over `domains`: `scorer` holds the examples it learned (rows grouped by domain),
+    `negatives` the off-topic queries it kept (m, dim)."""
+
     domains: list[str]
-    method: str
-    examples: np.ndarray  # normalised example embeddings (n, dim)
-    labels: np.ndarray  # domain index per example
-    weights: np.ndarray | None = None  # linear: (dim, n_domains)
-    bias: np.ndarray | None = None
+    scorer: Scorer
+    negatives: np.ndarray
+    context: np.ndarray  # (c, dim) more in-scope evidence for the scope score: documents, descriptions
+    scope_threshold: float = -1.0
     temperature: float = 1.0
-    sim_thresholds: dict[str, float] = field(default_factory=dict)
-    min_probability: float = 0.5
+    min_probability: float = 0.0
     target_recall: float = 0.95
+    calibrated: bool = True
+    uncalibrated_reason: str = ""
+    texts: list[str] = field(default_factory=list)  # text of each scorer row, for explain
+    negative_texts: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        order = np.argsort(self.labels, kind="stable")  # examples grouped by domain: one reduceat per query batch
-        self.examples, self.labels = np.ascontiguousarray(self.examples[order]), self.labels[order]
-        self._starts = np.searchsorted(self.labels, np.arange(len(self.domains)))
+    @property
+    def method(self) -> str:
+        return self.scorer.method
 
     # ---- fitting -------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, method: str = "linear", holdout: float = 0.2,
-            target_recall: float = 0.95, min_probability: float = 0.5, seed: int = 0,
-            calibration: tuple[np.ndarray, Sequence[str]] | None = None) -> Router:
-        """Fit on example embeddings `vectors` (shape (n, dim); normalised here) with their domain names
-        `labels` (n of them).
-
-        Calibration (temperature, per-domain thresholds) uses `calibration` (vectors, labels) when given, else
-        a stratified `holdout` share of the examples; the final router is then fitted on all examples.
-        Raises RouterError for an unknown method, no examples, or fewer than 3 examples in every domain.
-        """
+    def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, method: str = "linear+nearest",
+            negatives: np.ndarray | None = None, context: np.ndarray | None = None, texts: Sequence[str] = (),
+            negative_texts: Sequence[str] = (), target_recall: float = 0.95, min_probability: float = 0.0,
+            seed: int = 0) -> Router:
+        """Fit on example embeddings `vectors` (shape (n, dim)) with their domain names `labels` (n), and
+        optionally off-topic `negatives` (shape (m, dim)) and in-scope `context` (shape (c, dim): the domains'
+        document passages and descriptions, which widen what counts as in scope but do not pick domains);
+        `texts` and `negative_texts` name the rows for `explain`. Raises RouterError for an unknown method or
+        no examples."""
         if method not in METHODS:
             raise RouterError(f"unknown router method {method!r}; use one of {', '.join(METHODS)}")
         domains = sorted(set(labels))
         if not domains:
             raise RouterError("no domain has example queries; add domains.<name>.examples to loradex.yaml")
-        x = _normalise(vectors)
-        y = np.array([domains.index(d) for d in labels])
-        if calibration is not None:
-            fit_idx, cal_x = np.arange(len(y)), _normalise(calibration[0])
-            cal_y = np.array([domains.index(d) for d in calibration[1]])
-        else:
-            rng = np.random.default_rng(seed)
-            cal_idx = []
-            for c in range(len(domains)):
-                idx = np.flatnonzero(y == c)
-                if len(idx) >= 3:  # keep at least two examples per domain to fit on
-                    cal_idx += list(rng.choice(idx, size=max(1, round(len(idx) * holdout)), replace=False))
-            if not cal_idx:
-                raise RouterError("too few example queries to calibrate the router: give each domain at least 3")
-            mask = np.zeros(len(y), bool)
-            mask[cal_idx] = True
-            fit_idx, cal_x, cal_y = np.flatnonzero(~mask), x[mask], y[mask]
-        part = cls._fit_on(domains, method, x[fit_idx], y[fit_idx], seed)
-        logits = part._logits(cal_x)
-        temperature = _fit_temperature(logits, cal_y) if len(domains) > 1 else 1.0
-        sims = part._nearest_sims(cal_x)
-        thresholds = {}
-        for c, d in enumerate(domains):
-            own = sims[cal_y == c, c]
-            thresholds[d] = float(np.quantile(own, 1 - target_recall)) if len(own) else -1.0
-        final = cls._fit_on(domains, method, x, y, seed) if calibration is None else part
-        final.temperature, final.sim_thresholds = temperature, thresholds
-        final.min_probability, final.target_recall = min_probability, target_recall
-        final.meta = {"examples": int(len(y)), "calibration_examples": int(len(cal_y)),
-                      "calibration_accuracy": float((logits.argmax(1) == cal_y).mean())}
-        return final
+        x, y = normalise(vectors), np.array([domains.index(d) for d in labels])
+        empty = np.zeros((0, x.shape[1]), np.float32)
+        neg = normalise(negatives) if negatives is not None and len(negatives) else empty
+        ctx = normalise(context) if context is not None and len(context) else empty
+        keep = keep_negatives(x, y, neg)
+        neg_texts = list(negative_texts) if len(negative_texts) == len(neg) else [""] * len(neg)
+        order = np.argsort(y, kind="stable")
+        row_texts = list(texts) if len(texts) == len(y) else [""] * len(y)
+        router = cls(domains, Scorer.fit(method, x, y, len(domains), seed), neg[keep], ctx,
+                     min_probability=min_probability, target_recall=target_recall,
+                     texts=[row_texts[i] for i in order], negative_texts=[t for t, k in zip(neg_texts, keep) if k])
+        router._calibrate(x, y, seed)
+        return router
 
-    @classmethod
-    def _fit_on(cls, domains: list[str], method: str, x: np.ndarray, y: np.ndarray, seed: int) -> Router:
-        r = cls(domains, method, x, y)
-        if method == "linear" and len(domains) > 1:
-            r.weights, r.bias = _fit_linear(x, y, len(domains), seed=seed)
-        return r
+    def _calibrate(self, x: np.ndarray, y: np.ndarray, seed: int) -> None:
+        """The temperature from out-of-fold scores and the scope threshold from leave-one-out scope scores."""
+        counts = np.bincount(y, minlength=len(self.domains))
+        self.meta = {"examples": int(counts.sum()), "negatives": len(self.negatives),
+                     "examples_per_domain": {d: int(c) for d, c in zip(self.domains, counts)}}
+        loo = scope_scores(x, np.concatenate([x, self.context]), self.negatives, weight=NEGATIVE_WEIGHT,
+                           leave_one_out=True)
+        self.scope_threshold = float(np.quantile(loo, 1 - self.target_recall)) if len(y) > 1 else -1.0
+        k = int(min(FOLDS, counts.min()))
+        if k < 2:
+            few = [d for d, c in zip(self.domains, counts) if c < 2]
+            self.calibrated = False
+            self.uncalibrated_reason = (f"{', '.join(few)} {'has' if len(few) == 1 else 'have'} fewer than 2 "
+                                        "example queries, so none can be held out to calibrate the scores: "
+                                        "add examples (5 or more a domain)")
+            return
+        if len(self.domains) > 1:
+            logits = out_of_fold(self.method, x, y, len(self.domains), k, seed)
+            self.temperature = fit_temperature(logits, y)
+            top = softmax(logits / self.temperature).argmax(axis=1)
+            self.meta.update(folds=k, calibration_accuracy=float((top == y).mean()))
 
     # ---- scoring -------------------------------------------------------------------------------
-    def _nearest_sims(self, q: np.ndarray) -> np.ndarray:
-        """(n, n_domains): cosine of each query to each domain's closest example."""
-        return np.maximum.reduceat(q @ self.examples.T, self._starts, axis=1)  # every domain has examples
-
-    def _logits(self, q: np.ndarray) -> np.ndarray:
-        if self.method == "linear" and self.weights is not None:
-            return q @ self.weights + self.bias
-        if self.method == "centroid":
-            cents = _normalise(np.stack([self.examples[self.labels == c].mean(0) for c in range(len(self.domains))]))
-            return q @ cents.T
-        return self._nearest_sims(q)
-
-    def _tensors(self) -> tuple[Any, Any, Any]:
+    def _tensors(self) -> tuple[Any, Any, Any, Any, Any]:
         """Torch views of the arrays (no copies). Routing runs right after a torch embedding, and numpy's own
         BLAS threads would wait for torch's still-spinning ones (benchmarks/routing_clinc150.py)."""
         import torch
 
-        key = (id(self.examples), id(self.weights))
+        s = self.scorer
+        key = (id(s.x), id(s.weights), id(self.negatives), id(self.context))
         if getattr(self, "_t_key", None) != key:
-            self._t = (torch.from_numpy(self.examples),
-                       None if self.weights is None else torch.from_numpy(np.ascontiguousarray(self.weights)),
-                       None if self.bias is None else torch.from_numpy(np.ascontiguousarray(self.bias)))
+            self._t = (torch.from_numpy(s.x), torch.from_numpy(np.ascontiguousarray(self.context, dtype=np.float32)),
+                       None if s.weights is None else torch.from_numpy(np.ascontiguousarray(s.weights)),
+                       None if s.bias is None else torch.from_numpy(np.ascontiguousarray(s.bias)),
+                       torch.from_numpy(np.ascontiguousarray(self.negatives, dtype=np.float32)))
             self._t_key = key
         return self._t
 
-    def route_vectors(self, vectors: np.ndarray) -> list[Route]:
-        """One Route per row of `vectors` (query embeddings, shape (n, dim); normalised here): the calibrated
-        probabilities of every domain and, unless the router abstains, the chosen domain."""
+    def probabilities(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For query embeddings `vectors` (n, dim): the calibrated domain probabilities (n, domains), the
+        scope scores (n,) and the cosines to all examples (n, examples), computed in torch."""
         import torch
 
-        q = _normalise(vectors)
-        examples, weights, bias = self._tensors()
-        qt = torch.from_numpy(q)
+        q = normalise(vectors)
+        x, ctx, weights, bias, neg = self._tensors()
         with torch.no_grad():
-            if self.method == "linear" and weights is not None:
+            qt = torch.from_numpy(q)
+            sims = qt @ x.T
+            in_scope = torch.cat([sims, qt @ ctx.T], dim=1) if ctx.shape[0] else sims
+            if self.method == "linear+nearest" and weights is not None:
+                best_near = _reduce_max(sims, self.scorer.starts)
+                logits = (torch.log_softmax(qt @ weights + bias, dim=1)
+                          + torch.log_softmax(NEAREST_SCALE * best_near, dim=1))
+            elif self.method == "linear" and weights is not None:
                 logits = qt @ weights + bias
             else:
-                logits = torch.from_numpy(np.ascontiguousarray(self._logits(q), dtype=np.float32))
+                logits = torch.from_numpy(np.ascontiguousarray(self.scorer.logits(q), dtype=np.float32))
             probs = torch.softmax(logits.double() / self.temperature, dim=1).numpy()
+            top = torch.topk(in_scope, min(2, in_scope.shape[1]), dim=1).values.mean(dim=1)
+            penalty = (qt @ neg.T).max(dim=1).values if neg.shape[0] else torch.zeros(len(q))
+            scope = (top - NEGATIVE_WEIGHT * penalty).numpy()
+        return probs, scope, sims.numpy()
+
+    def route_vectors(self, vectors: np.ndarray) -> list[Route]:
+        """One Route per row of `vectors` (query embeddings, shape (n, dim)): each domain's probability, the
+        scope score, and the chosen domain unless the router abstains."""
+        probs, scope, sims = self.probabilities(vectors)
         best = probs.argmax(axis=1)
-        ends = np.append(self._starts[1:], len(self.labels))
+        starts, ends = self.scorer.starts, np.append(self.scorer.starts[1:], len(self.scorer.y))
         out = []
-        for i in range(len(q)):
-            c = int(best[i])
+        for i, c in enumerate(best):
             d = self.domains[c]
+            reason = ("out_of_scope" if scope[i] < self.scope_threshold else
+                      "ambiguous" if probs[i, c] < self.min_probability else "")
             scores = {name: round(float(p), 4) for name, p in zip(self.domains, probs[i])}
-            with torch.no_grad():  # the chosen domain's examples only
-                sim = float((examples[self._starts[c]:ends[c]] @ qt[i]).max())
-            reason = ""
-            if sim < self.sim_thresholds.get(d, -1.0):
-                reason = "out_of_scope"
-            elif probs[i, c] < self.min_probability:
-                reason = "ambiguous"
+            nearest = float(sims[i, starts[c]:ends[c]].max())
             out.append(Route(None if reason else d, round(float(probs[i, c]), 4), scores, bool(reason), reason, d,
-                             round(sim, 4)))
+                             round(nearest, 4), round(float(scope[i]), 4)))
+        return out
+
+    def explain(self, vector: np.ndarray, k: int = 3) -> dict:
+        """For one query embedding (dim,): the `k` nearest example queries of each domain and the `k` nearest
+        off-topic negatives (text and cosine), the scope score and its threshold: what a user reads to see
+        what to add."""
+        q = normalise(vector.reshape(1, -1))[0]
+        sims = self.scorer.x @ q
+        starts, ends = self.scorer.starts, np.append(self.scorer.starts[1:], len(self.scorer.y))
+
+        def nearest(rows: np.ndarray, texts: list[str], offset: int = 0) -> list[dict]:
+            idx = np.argsort(-rows)[:k]
+            return [{"text": texts[offset + i] if offset + i < len(texts) else "", "cosine": round(float(rows[i]), 4)}
+                    for i in idx]
+
+        out = {"examples": {d: nearest(sims[starts[c]:ends[c]], self.texts, int(starts[c]))
+                            for c, d in enumerate(self.domains)},
+               "off_topic": nearest(self.negatives @ q, self.negative_texts) if len(self.negatives) else [],
+               "scope_threshold": round(self.scope_threshold, 4)}
         return out
 
     # ---- persistence ---------------------------------------------------------------------------
     def summary(self) -> dict:
         """What `loradex route --fit` and `POST /admin/router/fit` report about a fitted router."""
         return {"domains": self.domains, "method": self.method, "examples": self.meta.get("examples"),
-                "calibration_examples": self.meta.get("calibration_examples"),
-                "calibration_accuracy": self.meta.get("calibration_accuracy"),
-                "temperature": self.temperature, "sim_thresholds": self.sim_thresholds}
+                "examples_per_domain": self.meta.get("examples_per_domain"),
+                "negatives": self.meta.get("negatives", 0), "folds": self.meta.get("folds"),
+                "calibration_accuracy": self.meta.get("calibration_accuracy"), "calibrated": self.calibrated,
+                "uncalibrated_reason": self.uncalibrated_reason, "temperature": self.temperature,
+                "scope_threshold": self.scope_threshold, "target_recall": self.target_recall}
 
     def save(self, folder: Path, key: str) -> None:
         """Write router.<key>.npz, then router.json pointing at it, into `folder`; each write is atomic, so a
         crash leaves the previous router in use. Older .npz files are removed."""
-        arrays: dict[str, Any] = {"examples": self.examples, "labels": self.labels}
-        if self.weights is not None:
-            arrays.update(weights=self.weights, bias=self.bias)
+        s = self.scorer
+        arrays: dict[str, Any] = {"x": s.x, "y": s.y, "negatives": self.negatives, "context": self.context}
+        if s.weights is not None:
+            arrays.update(weights=s.weights, bias=s.bias)
         with writing(folder / f"router.{key}.npz") as f:
             np.savez(f, **arrays)
-        info = {"key": key, "domains": self.domains, "method": self.method, "temperature": self.temperature,
-                "sim_thresholds": self.sim_thresholds, "min_probability": self.min_probability,
-                "target_recall": self.target_recall, "meta": self.meta}
-        write_text(folder / "router.json", json.dumps(info, indent=2))
+        info = {"key": key, "domains": self.domains, "method": s.method, "scope_threshold": self.scope_threshold,
+                "temperature": self.temperature, "min_probability": self.min_probability,
+                "target_recall": self.target_recall, "calibrated": self.calibrated,
+                "uncalibrated_reason": self.uncalibrated_reason, "texts": self.texts,
+                "negative_texts": self.negative_texts, "meta": self.meta}
+        write_text(folder / "router.json", json.dumps(info, indent=1))
         for old in folder.glob("router.*.npz"):
             if old.name != f"router.{key}.npz":
                 old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path) -> tuple[Router, str] | None:
-        """The router saved in `folder` and its key, or None when there is none or it is unreadable."""
+        """The router saved in `folder` and its key, or None when there is none or it is unreadable (an older
+        format included: it is then refitted)."""
         try:
             info = json.loads((folder / "router.json").read_text())
             arrays = np.load(folder / f"router.{info['key']}.npz")
+            scorer = Scorer(info["method"], arrays["x"], arrays["y"], len(info["domains"]),
+                            arrays["weights"] if "weights" in arrays else None,
+                            arrays["bias"] if "bias" in arrays else None)
+            r = cls(info["domains"], scorer, arrays["negatives"], arrays["context"], info["scope_threshold"],
+                    info["temperature"], info["min_probability"], info["target_recall"], info["calibrated"], info["uncalibrated_reason"],
+                    info["texts"], info["negative_texts"], info["meta"])
         except (OSError, ValueError, KeyError):
             return None
-        r = cls(info["domains"], info["method"], arrays["examples"], arrays["labels"],
-                arrays["weights"] if "weights" in arrays else None, arrays["bias"] if "bias" in arrays else None,
-                info["temperature"], info["sim_thresholds"], info["min_probability"], info["target_recall"],
-                info["meta"])
         return r, info["key"]
+
+
+def _reduce_max(sims: Any, starts: np.ndarray) -> Any:
+    """(n, domains) torch max of (n, examples) cosines over each domain's rows (rows grouped by domain)."""
+    import torch
+
+    bounds = [*starts.tolist(), sims.shape[1]]
+    return torch.stack([sims[:, a:b].max(dim=1).values for a, b in zip(bounds[:-1], bounds[1:])], dim=1)

@@ -146,10 +146,13 @@ class Route:
     """Where a query goes. `domain` None means no domain: the router abstained (see `reason`), routing was
     skipped, or the project has no router; the query then goes to the base model over all sources.
 
-    `score` is the calibrated probability (0..1) of `best`, the best-scoring domain, which is set even when
-    the router abstains; `scores` has every domain's probability. `reason` is one of "" (routed),
-    "ambiguous", "out_of_scope", "no_router", "not_routed" or "explicit" (the caller named the domain).
-    `similarity` is the cosine of the query to `best`'s nearest example query."""
+    `score` is the calibrated probability (0..1) of `best`, the best-scoring domain, given that the query is
+    in scope; `best` is set even when the router abstains; `scores` has every domain's probability.
+    `scope` is the router's scope score: the query's mean cosine to its two nearest example queries minus
+    a weight times its cosine to the nearest general off-topic query (out of scope below the router's
+    threshold, see `loradex.route`). `reason` is one of "" (routed), "ambiguous", "out_of_scope", "no_router",
+    "not_routed" or "explicit" (the caller named the domain). `similarity` is the cosine of the query to
+    `best`'s nearest example query."""
 
     domain: str | None
     score: float
@@ -158,6 +161,7 @@ class Route:
     reason: str = ""
     best: str | None = None
     similarity: float | None = None
+    scope: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -88,29 +88,57 @@ def serve(host: Optional[str] = typer.Option(None, help="Address (default: serve
 def route(query: Optional[str] = typer.Argument(None, help="The query to route."),
           file: Optional[Path] = typer.Option(None, "--file", help="Route one query a line (models load once)."),
           fit: bool = typer.Option(False, "--fit", help="Refit the router from the domains' examples and save it."),
+          explain: bool = typer.Option(False, "--explain", help="Show the examples, off-topic queries and "
+                                       "passages that decided, and the scope score against its threshold."),
           project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Which domain a query goes to, every domain's calibrated score, and whether the router abstains."""
     proj = open_checked(project)
-    if fit:
-        info = proj.refit_router().summary()
-        if as_json:
-            emit(info)
-        else:
-            out.print(f"router fitted ({info['method']}) on {info['examples']} examples of {len(info['domains'])} "
-                      f"domains; held-out accuracy {info['calibration_accuracy']:.2f} "
-                      f"on {info['calibration_examples']}", highlight=False)
+    router = proj.refit_router() if fit else proj.router
+    if fit and router is not None:
+        _print_fit(router.summary(), as_json)
         if query is None and file is None:
             return
     if (query is None) == (file is None):
         raise QueryError("give a query, or --file QUERIES.txt (one a line), or --fit")
+    if router is not None and not router.calibrated and not as_json:
+        err.print(f"[yellow]router uncalibrated:[/] {router.uncalibrated_reason}", highlight=False)
     queries = [query] if query is not None else _lines(file)  # type: ignore[arg-type]  # one is given
     for q, r in zip(queries, proj.route(queries)):
+        row = {"query": q, **r.to_dict(), **({"explain": proj.explain_route(q)} if explain else {})}
         if as_json:
-            sys.stdout.write(json.dumps({"query": q, **r.to_dict()}, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             continue
         verdict = f"[yellow]abstained ({r.reason}), best {r.best}[/]" if r.abstained else f"[bold]{r.domain}[/]"
         scores = "  ".join(f"{d} {s:.2f}" for d, s in sorted(r.scores.items(), key=lambda x: -x[1]))
-        out.print(f"{verdict}  [dim]{scores}[/]  {q if file else ''}", highlight=False)
+        out.print(f"{verdict}  [dim]{scores}  scope {r.scope}[/]  {q if file else ''}", highlight=False)
+        if explain:
+            _print_explain(row["explain"])
+
+
+def _print_fit(info: dict, as_json: bool) -> None:
+    if as_json:
+        emit(info)
+        return
+    accuracy = info["calibration_accuracy"]
+    out.print(f"router fitted ({info['method']}) on {info['examples']} examples of {len(info['domains'])} "
+              f"domains and {info['negatives']} off-topic queries; cross-validated accuracy "
+              f"{'-' if accuracy is None else round(accuracy, 2)} ({info['folds'] or 'no'} folds)", highlight=False)
+    if not info["calibrated"]:
+        err.print(f"[yellow]uncalibrated:[/] {info['uncalibrated_reason']}", highlight=False)
+
+
+def _print_explain(why: dict) -> None:
+    out.print(f"  scope {why['scope']} (out of scope below {why['scope_threshold']})", highlight=False)
+    for domain, rows in why["examples"].items():
+        out.print(f"  nearest {domain} examples:", highlight=False)
+        for x in rows:
+            out.print(f"    {x['cosine']:.2f}  {x['text']}", highlight=False)
+    if why["off_topic"]:
+        out.print("  nearest off-topic queries:", highlight=False)
+        for x in why["off_topic"]:
+            out.print(f"    {x['cosine']:.2f}  {x['text']}", highlight=False)
+    for p in why["passages"]:
+        out.print(f"  passage {p['cosine']:.2f}  {p['source']}: {p['text']}", highlight=False)
 
 
 def _lines(file: Path) -> list[str]:

@@ -166,6 +166,7 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
             _prune(project, roots, files, manifest, report)
         if report.added or report.updated or report.removed:
             project.store.build_indexes()
+            project.forget_router()  # its scope reads the domains' passages
     report.seconds = time.perf_counter() - t0
     return report
 

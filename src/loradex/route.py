@@ -237,8 +237,8 @@ class Router:
                             arrays["weights"] if "weights" in arrays else None,
                             arrays["bias"] if "bias" in arrays else None)
             r = cls(info["domains"], scorer, arrays["negatives"], arrays["context"], info["scope_threshold"],
-                    info["temperature"], info["min_probability"], info["target_recall"], info["calibrated"], info["uncalibrated_reason"],
-                    info["texts"], info["negative_texts"], info["meta"])
+                    info["temperature"], info["min_probability"], info["target_recall"], info["calibrated"],
+                    info["uncalibrated_reason"], info["texts"], info["negative_texts"], info["meta"])
         except (OSError, ValueError, KeyError):
             return None
         return r, info["key"]

@@ -172,12 +172,21 @@ def out_of_fold(method: str, x: np.ndarray, y: np.ndarray, n_classes: int, k: in
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature minimising the negative log-likelihood of labels `y` (n,) under `logits`
-    (n, classes), on a log-spaced grid from 0.01 to 100 (temperature scaling, Guo et al. 2017)."""
+    """The softmax temperature for labels `y` (n,) under out-of-fold `logits` (n, classes): the one minimising
+    the negative log-likelihood on a log-spaced grid from 0.01 to 100 (temperature scaling, Guo et al. 2017),
+    raised where needed so that the mean top score does not exceed the accuracy estimated by Laplace's rule of
+    succession, (right + 1) / (n + 2). Without that cap a few perfectly separated examples drive the
+    temperature to 0 and every score, right or wrong, to 1.00."""
+    grid = np.exp(np.linspace(np.log(0.01), np.log(100.0), 161))
+    right = float((logits.argmax(axis=1) == y).sum())
+    ceiling = (right + 1) / (len(y) + 2)
     best, best_t = float("inf"), 1.0
-    for t in np.exp(np.linspace(np.log(0.01), np.log(100.0), 161)):
+    for t in grid:
         p = softmax(logits / t)
         nll = -np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()
         if nll < best:
             best, best_t = nll, float(t)
-    return best_t
+    for t in grid[grid >= best_t]:
+        if softmax(logits / t).max(axis=1).mean() <= ceiling:
+            return float(t)
+    return float(grid[-1])

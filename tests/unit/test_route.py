@@ -9,6 +9,8 @@ from loradex.embed import HashingEmbedder
 from loradex.project import open_project
 from loradex.route import METHODS, Router, RouterError
 
+from ..conftest import SHARED_DATA as REPO_DATA
+
 WORDS = {
     "claims": "claim accident damage theft stolen crash report police loss assessor",
     "billing": "premium payment invoice refund debit card fee charge instalment bill",
@@ -107,3 +109,113 @@ def test_cli_route_without_examples_says_what_to_add(tmp_path):
     (root / "loradex.yaml").write_text("embedder: hashing\ndomains:\n  claims: {}\n")
     r = CliRunner().invoke(app, ["route", "--fit", "-p", str(root)])
     assert r.exit_code == 1 and "domains.<name>.examples" in r.stderr
+
+
+# ---- few examples, negatives, explain -----------------------------------------------------------------
+
+def _fit(examples_per_domain: int, **kw):
+    emb = HashingEmbedder()
+    ex = {d: queries(d, examples_per_domain, k) for k, d in enumerate(WORDS)}
+    texts = [q for qs in ex.values() for q in qs]
+    labels = [d for d, qs in ex.items() for _ in qs]
+    return emb, Router.fit(emb.embed(texts), labels, texts=texts, **kw)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_one_or_two_examples_a_domain_still_route(n):
+    emb, router = _fit(n)
+    assert router.calibrated is (n >= 2)
+    if n == 1:
+        assert "fewer than 2" in router.uncalibrated_reason and all(d in router.uncalibrated_reason for d in WORDS)
+    routes = router.route_vectors(emb.embed([WORDS[d] for d in WORDS]))  # each domain's own vocabulary
+    assert [r.best for r in routes] == list(WORDS)
+    assert all(0 < r.score <= 1 for r in routes)
+
+
+def test_three_examples_do_not_saturate_scores_on_the_wrong_domain():
+    emb, router = _fit(3)
+    fresh = [(d, q) for k, d in enumerate(WORDS) for q in queries(d, 10, 200 + k)]
+    routes = router.route_vectors(emb.embed([q for _, q in fresh]))
+    wrong = [r.score for (d, _), r in zip(fresh, routes) if r.best != d]
+    right = [r.score for (d, _), r in zip(fresh, routes) if r.best == d]
+    assert max(wrong, default=0.0) < 0.99 and np.mean(right) > np.mean(wrong or [0.0])
+    assert router.temperature > 0.05  # cross-validated over all examples, not one held-out example a domain
+
+
+def test_negatives_close_to_the_examples_are_dropped_and_far_ones_kept():
+    from loradex.route_fit import keep_negatives, normalise
+
+    emb = HashingEmbedder()
+    ex = [q for d in WORDS for q in queries(d, 10, 1)]
+    labels = np.repeat(np.arange(3), 10)
+    negs = [ex[0], "the history of the roman empire and its emperors"]
+    keep = keep_negatives(normalise(emb.embed(ex)), labels, normalise(emb.embed(negs)))
+    assert keep.tolist() == [False, True]
+
+
+def test_shipped_off_topic_queries_are_general_and_not_from_an_evaluation_set():
+    from loradex.route_fit import off_topic_queries
+
+    queries_ = off_topic_queries()
+    assert len(queries_) >= 250 and len(set(queries_)) == len(queries_)
+    clinc = REPO_DATA / "clinc150" / "data_full.json"
+    if clinc.is_file():  # not copied from CLINC150: no query of any split appears in the shipped file
+        data = json.loads(clinc.read_text())
+        seen = {t.lower().strip(" ?.!") for split in data.values() for t, _ in split}
+        assert not [q for q in queries_ if q.lower().strip(" ?.!") in seen]
+
+
+def test_negatives_make_off_topic_queries_abstain():
+    emb = HashingEmbedder()
+    from loradex.route_fit import off_topic_queries
+
+    negs = off_topic_queries()
+    _, plain = _fit(20)
+    _, guarded = _fit(20, negatives=emb.embed(negs), negative_texts=negs)
+    assert guarded.meta["negatives"] > 200
+    off = emb.embed(["who painted the mona lisa", "how many legs does a spider have"])
+    assert all(r.reason == "out_of_scope" for r in guarded.route_vectors(off))
+    assert guarded.scope_threshold != plain.scope_threshold
+
+
+def test_saved_router_loads_with_the_same_routes(tmp_path):
+    emb, router = _fit(10, negatives=HashingEmbedder().embed(["recipe for lemon cake"]))
+    router.save(tmp_path, "k1")
+    loaded, key = Router.load(tmp_path)
+    q = emb.embed(["theft claim police report", "premium refund card"])
+    assert key == "k1" and [r.to_dict() for r in loaded.route_vectors(q)] == [r.to_dict() for r in router.route_vectors(q)]
+    assert loaded.summary() == router.summary()
+
+
+def test_cli_route_explains_and_says_when_uncalibrated(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    domains = {d: {"examples": [queries(d, 1, 0)[0]], "description": WORDS[d]} for d in WORDS}
+    (root / "loradex.yaml").write_text(json.dumps({"embedder": "hashing", "domains": domains}))
+    r = CliRunner().invoke(app, ["route", "stolen car police report", "-p", str(root), "--explain"])
+    assert r.exit_code == 0, r.output
+    assert "uncalibrated" in r.stderr and "fewer than 2" in r.stderr and "nearest claims examples" in r.stdout
+    r = CliRunner().invoke(app, ["route", "stolen car police report", "-p", str(root), "--explain", "--json"])
+    row = json.loads(r.stdout)
+    assert row["best"] == "claims" and row["explain"]["examples"]["claims"][0]["text"] == domains["claims"]["examples"][0]
+    assert row["explain"]["off_topic"] and "scope_threshold" in row["explain"]
+
+
+def test_a_project_with_one_example_a_domain_serves(tmp_path):
+    import httpx
+
+    from loradex.server.app import create_app
+    from loradex.testing import ThreadedServer
+
+    root = tmp_path / "p"
+    (root / "docs").mkdir(parents=True)
+    domains = {d: {"examples": [queries(d, 1, 0)[0]]} for d in WORDS}
+    (root / "loradex.yaml").write_text(json.dumps({"embedder": "hashing", "engine": "echo", "domains": domains}))
+    running = ThreadedServer(create_app(open_project(root)))
+    try:
+        r = httpx.post(running.url + "/v1/chat/completions", timeout=30,
+                       json={"model": "auto", "messages": [{"role": "user", "content": "stolen car police report"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["route"]["best"] == "claims"
+    finally:
+        running.stop()

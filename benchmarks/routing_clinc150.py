@@ -18,6 +18,7 @@ domains' passages and descriptions. Latency: one query at a time on top of the e
 on the full train split (15,000 examples).
 
   python benchmarks/routing_clinc150.py [--shots 5,10,30,100] [--draws 3] [--target-recall 0.95] [--json]
+  python benchmarks/routing_clinc150.py --latency-only    # the latency alone, for a quiet machine
 """
 from __future__ import annotations
 
@@ -236,6 +237,8 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--target-recall", type=float, default=0.95, choices=TARGETS)
     ap.add_argument("--latency-queries", type=int, default=500)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the latency (results/routing_clinc150_latency.json), for a rerun on a quiet machine")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     monitor = LoadMonitor()
@@ -246,11 +249,18 @@ def main() -> None:
     vec = {name: normalise(embed_all(embedder, t, name)) for name, t in texts.items()}
     vec["query"] = np.concatenate([vec["test"], vec["oos_test"]])
     neg = embedder.embed(off_topic_queries())
+    rng = np.random.default_rng(0)
+    sample = [texts["test"][i] for i in rng.choice(len(texts["test"]), args.latency_queries, replace=False)]
+    if args.latency_only:
+        lat = latency(embedder, vec["train"], list(labels["train"]), neg, sample)
+        write_json(RESULTS / "routing_clinc150_latency.json", {"benchmark": "routing_clinc150_latency",
+                   "date": now_iso(), "latency": lat, "load": monitor.report(), "machine": machine_info()})
+        print(json.dumps(lat) if args.json else f"router p50 {lat['router']['p50_ms']} ms, p99 "
+              f"{lat['router']['p99_ms']} ms on top of the embedding (p50 {lat['embedding']['p50_ms']} ms)")
+        return
     rows, curves = clinc(vec, labels, neg, args)
     plot(curves, RESULTS / "routing_clinc150.png")
     project_rows = example_project_routing(vec["oos_test"], texts["oos_test"])
-    rng = np.random.default_rng(0)
-    sample = [texts["test"][i] for i in rng.choice(len(texts["test"]), args.latency_queries, replace=False)]
     lat = latency(embedder, vec["train"], list(labels["train"]), neg, sample)
     payload = {"benchmark": "routing_clinc150", "date": now_iso(), "embedder": "all-minilm-l6-v2",
                "settings": vars(args), "test_in_scope": len(labels["test"]),

@@ -122,17 +122,19 @@ class Router:
 
     # ---- scoring -------------------------------------------------------------------------------
     def _tensors(self) -> tuple[Any, Any, Any, Any, Any]:
-        """Torch views of the arrays (no copies). Routing runs right after a torch embedding, and numpy's own
-        BLAS threads would wait for torch's still-spinning ones (benchmarks/routing_clinc150.py)."""
+        """Torch copies of the arrays, transposed to (dim, rows) and contiguous: a (1, dim) @ (dim, rows) product
+        reads them in order, about twice as fast as a transposed view. Routing runs right after a torch
+        embedding, and numpy's own BLAS threads would wait for torch's still-spinning ones."""
         import torch
 
         s = self.scorer
         key = (id(s.x), id(s.weights), id(self.negatives), id(self.context))
         if getattr(self, "_t_key", None) != key:
-            self._t = (torch.from_numpy(s.x), torch.from_numpy(np.ascontiguousarray(self.context, dtype=np.float32)),
+            self._t = (torch.from_numpy(np.ascontiguousarray(s.x.T)),
+                       torch.from_numpy(np.ascontiguousarray(self.context.T, dtype=np.float32)),
                        None if s.weights is None else torch.from_numpy(np.ascontiguousarray(s.weights)),
                        None if s.bias is None else torch.from_numpy(np.ascontiguousarray(s.bias)),
-                       torch.from_numpy(np.ascontiguousarray(self.negatives, dtype=np.float32)))
+                       torch.from_numpy(np.ascontiguousarray(self.negatives.T, dtype=np.float32)))
             self._t_key = key
         return self._t
 
@@ -145,8 +147,8 @@ class Router:
         x, ctx, weights, bias, neg = self._tensors()
         with torch.no_grad():
             qt = torch.from_numpy(q)
-            sims = qt @ x.T
-            in_scope = torch.cat([sims, qt @ ctx.T], dim=1) if ctx.shape[0] else sims
+            sims = qt @ x
+            in_scope = torch.cat([sims, qt @ ctx], dim=1) if ctx.shape[1] else sims
             if self.method == "linear+nearest" and weights is not None:
                 best_near = _reduce_max(sims, self.scorer.starts)
                 logits = (torch.log_softmax(qt @ weights + bias, dim=1)
@@ -157,7 +159,7 @@ class Router:
                 logits = torch.from_numpy(np.ascontiguousarray(self.scorer.logits(q), dtype=np.float32))
             probs = torch.softmax(logits.double() / self.temperature, dim=1).numpy()
             top = torch.topk(in_scope, min(2, in_scope.shape[1]), dim=1).values.mean(dim=1)
-            penalty = (qt @ neg.T).max(dim=1).values if neg.shape[0] else torch.zeros(len(q))
+            penalty = (qt @ neg).max(dim=1).values if neg.shape[1] else torch.zeros(len(q))
             scope = (top - NEGATIVE_WEIGHT * penalty).numpy()
         return probs, scope, sims.numpy()
 

@@ -36,8 +36,8 @@ def test_router_on_the_example_questions_and_off_topic(project):
     routes = project.route([r["question"] for r in rows])
     right = sum(r.domain == row["domain"] for r, row in zip(routes, rows))
     wrong = sum(r.domain is not None and r.domain != row["domain"] for r, row in zip(routes, rows))
-    # measured: 22 right, 6 in another domain (mostly questions that span two), 2 abstained
-    assert right >= 20 and wrong <= 7, [(r.domain, row["domain"]) for r, row in zip(routes, rows)]
+    # measured (benchmarks/routing_clinc150.py): 25 right, 4 in another domain (questions that span two), 1 abstained
+    assert right >= 24 and wrong <= 5, [(r.domain, row["domain"]) for r, row in zip(routes, rows)]
     off = project.route(OFF_TOPIC)
     assert all(r.abstained and r.domain is None for r in off), [r.to_dict() for r in off]
 
@@ -74,3 +74,22 @@ def test_mixed_batch_of_real_adapters_equals_each_alone(project):
     alone = [engine.generate([r])[0] for r in reqs]
     assert [g.text for g in mixed] == [g.text for g in alone]
     assert len({g.text for g in mixed}) == 4  # base and three adapters really differ
+
+
+def test_three_examples_a_domain_give_honest_scores(project):
+    """With 3 examples a domain, the router learned from them alone scores the 30 example questions: a wrong
+    domain is never shown as certain (before cross-validated calibration it was 1.00). Measured: mean score
+    0.70 against 0.53 right; the questions are harder than the first 3 examples, which calibration cannot see."""
+    import numpy as np
+
+    from loradex.route import Router
+
+    rows = [json.loads(line) for line in (REPO / "examples/insurance/questions.jsonl").read_text().splitlines()]
+    examples = {d: qs[:3] for d, qs in project.domain_examples().items()}
+    texts = [q for qs in examples.values() for q in qs]
+    router = Router.fit(project.embedder.embed(texts), [d for d, qs in examples.items() for _ in qs])
+    routes = router.route_vectors(project.embedder.embed([r["question"] for r in rows]))
+    right = np.array([r.best == row["domain"] for r, row in zip(routes, rows)])
+    scores = np.array([r.score for r in routes])
+    assert router.calibrated and scores[~right].max(initial=0.0) < 0.99
+    assert scores.mean() <= right.mean() + 0.2, (scores.mean(), right.mean())

@@ -183,7 +183,8 @@ def test_saved_router_loads_with_the_same_routes(tmp_path):
     router.save(tmp_path, "k1")
     loaded, key = Router.load(tmp_path)
     q = emb.embed(["theft claim police report", "premium refund card"])
-    assert key == "k1" and [r.to_dict() for r in loaded.route_vectors(q)] == [r.to_dict() for r in router.route_vectors(q)]
+    assert key == "k1"
+    assert [r.to_dict() for r in loaded.route_vectors(q)] == [r.to_dict() for r in router.route_vectors(q)]
     assert loaded.summary() == router.summary()
 
 
@@ -197,7 +198,8 @@ def test_cli_route_explains_and_says_when_uncalibrated(tmp_path):
     assert "uncalibrated" in r.stderr and "fewer than 2" in r.stderr and "nearest claims examples" in r.stdout
     r = CliRunner().invoke(app, ["route", "stolen car police report", "-p", str(root), "--explain", "--json"])
     row = json.loads(r.stdout)
-    assert row["best"] == "claims" and row["explain"]["examples"]["claims"][0]["text"] == domains["claims"]["examples"][0]
+    assert row["best"] == "claims"
+    assert row["explain"]["examples"]["claims"][0]["text"] == domains["claims"]["examples"][0]
     assert row["explain"]["off_topic"] and "scope_threshold" in row["explain"]
 
 

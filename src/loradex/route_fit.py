@@ -117,15 +117,20 @@ class Scorer:
 
 # ---- negatives and calibration ---------------------------------------------------------------------
 
+BLOCK = 2048  # query rows per product, so a large example set never needs an (n, n) matrix at once
+
+
 def keep_negatives(examples: np.ndarray, labels: np.ndarray, negatives: np.ndarray,
                    quantile: float = 0.1) -> np.ndarray:
     """Mask of the negatives to keep: a negative whose cosine to its nearest example reaches the `quantile` of
     the examples' cosines to their nearest same-domain neighbour is as close as the project's own examples
     are to each other, so it is dropped. Shapes: examples (n, dim), labels (n,), negatives (m, dim)."""
-    sims = examples @ examples.T
-    np.fill_diagonal(sims, -np.inf)
-    same = labels[:, None] == labels[None, :]
-    own = np.where(same, sims, -np.inf).max(axis=1)
+    own = np.full(len(examples), -np.inf, np.float32)
+    for start in range(0, len(examples), BLOCK):
+        rows = slice(start, start + BLOCK)
+        sims = examples[rows] @ examples.T
+        sims[np.arange(sims.shape[0]), np.arange(start, start + sims.shape[0])] = -np.inf
+        own[rows] = np.where(labels[rows, None] == labels[None, :], sims, -np.inf).max(axis=1)
     own = own[np.isfinite(own)]
     if not len(own) or not len(negatives):
         return np.ones(len(negatives), bool)
@@ -137,14 +142,16 @@ def scope_scores(queries: np.ndarray, examples: np.ndarray, negatives: np.ndarra
                  leave_one_out: bool = False) -> np.ndarray:
     """(n,) scope scores: each query's mean cosine to its two nearest `examples` minus `weight` times its
     cosine to the nearest of `negatives`. All inputs are normalised rows ((n, dim), (e, dim), (m, dim)).
-    `leave_one_out`: `queries` are the examples themselves, each scored without itself."""
-    sims = queries @ examples.T
-    if leave_one_out:
-        np.fill_diagonal(sims, -np.inf)
-    k = min(2, sims.shape[1] - int(leave_one_out))
+    `leave_one_out`: `queries` are the first rows of `examples`, each scored without itself."""
+    k = min(2, len(examples) - int(leave_one_out))
     if k < 1:
         return np.zeros(len(queries), np.float32)
-    top = -np.partition(-sims, k - 1, axis=1)[:, :k].mean(axis=1)
+    top = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), BLOCK):
+        sims = queries[start:start + BLOCK] @ examples.T
+        if leave_one_out:
+            sims[np.arange(sims.shape[0]), np.arange(start, start + sims.shape[0])] = -np.inf
+        top[start:start + BLOCK] = -np.partition(-sims, k - 1, axis=1)[:, :k].mean(axis=1)
     penalty = (queries @ negatives.T).max(axis=1) if len(negatives) else 0.0
     return top - weight * penalty
 

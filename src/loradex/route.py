@@ -10,8 +10,9 @@ Fitted from each domain's example queries on the project's own embedder (see `ro
   shipped with loradex (`route_fit.off_topic_queries`, kept only where not close to the project's examples).
   The threshold is the one that keeps `target_recall` of the examples in scope, each scored leave-one-out.
   `ambiguous`: the best domain's probability is under `min_probability`.
-- With fewer than 2 examples in some domain nothing can be held out to fit the temperature: the router
-  still routes, with temperature 1, and `calibrated` is False with the reason.
+- With fewer than 3 examples in some domain the router still routes and serves, and `calibrated` is False
+  with the reason: with 2 the temperature rests on one held-out example a domain a fold, with 1 nothing can
+  be held out and the temperature stays 1.
 Measured on CLINC150 against a nearest-example router with one global threshold: benchmarks/routing_clinc150.py.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .types import Route
 __all__ = ["METHODS", "NEGATIVE_WEIGHT", "Route", "Router", "RouterError"]
 
 FOLDS = 5
+MIN_CALIBRATION_EXAMPLES = 3  # a domain with fewer makes the router say it is uncalibrated
 NEGATIVE_WEIGHT = 0.3  # chosen on CLINC150's validation splits (benchmarks/routing_clinc150.py), not its test
 
 
@@ -107,12 +109,14 @@ class Router:
                            leave_one_out=True)
         self.scope_threshold = float(np.quantile(loo, 1 - self.target_recall)) if len(y) > 1 else -1.0
         k = int(min(FOLDS, counts.min()))
-        if k < 2:
-            few = [d for d, c in zip(self.domains, counts) if c < 2]
+        few = [d for d, c in zip(self.domains, counts) if c < MIN_CALIBRATION_EXAMPLES]
+        if few:
             self.calibrated = False
-            self.uncalibrated_reason = (f"{', '.join(few)} {'has' if len(few) == 1 else 'have'} fewer than 2 "
-                                        "example queries, so none can be held out to calibrate the scores: "
-                                        "add examples (5 or more a domain)")
+            held = "none can be held out" if k < 2 else "one a fold is held out"
+            self.uncalibrated_reason = (f"{', '.join(few)} {'has' if len(few) == 1 else 'have'} fewer than "
+                                        f"{MIN_CALIBRATION_EXAMPLES} example queries, so {held} to calibrate the "
+                                        "scores: add examples (5 or more a domain)")
+        if k < 2:
             return
         if len(self.domains) > 1:
             logits = out_of_fold(self.method, x, y, len(self.domains), k, seed)

@@ -153,6 +153,7 @@ class Router:
             qt = torch.from_numpy(q)
             sims = qt @ x
             in_scope = torch.cat([sims, qt @ ctx], dim=1) if ctx.shape[1] else sims
+            # the torch twin of Scorer.logits (numpy, used to fit): one query right after a torch embedding
             if self.method == "linear+nearest" and weights is not None:
                 best_near = _reduce_max(sims, self.scorer.starts)
                 logits = (torch.log_softmax(qt @ weights + bias, dim=1)

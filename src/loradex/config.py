@@ -4,11 +4,12 @@ Owns the schema and its error messages only; it does not touch the index or the 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .backends import ENGINES, STORES
 from .errors import ConfigError
@@ -62,6 +63,23 @@ class StoreConfig(_Model):
     _backend = field_validator("backend")(_known(STORES, "store backend"))
 
 
+class FormatCheck(_Model):
+    sections: list[str] = Field(default_factory=list, description=(
+        "Headers each answer must have at the start of a line, in this order (e.g. 'Summary:')."))
+    pattern: str | None = Field(None, description="A regular expression some line must match.")
+    max_chars: int | None = Field(None, ge=1, description="The longest acceptable answer, in characters.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return value
+
+
 class DomainConfig(_Model):
     description: str = Field("", description="What questions this domain answers.")
     paths: list[str] = Field(default_factory=list, description="Globs (relative to the project) of its documents.")
@@ -70,6 +88,7 @@ class DomainConfig(_Model):
     examples: list[str] = Field(default_factory=list, description="Example queries the router learns this domain from.")
     examples_file: str | None = Field(None, description="File of example queries, one a line "
                                                         "(relative to the project).")
+    format: str | None = Field(None, description="The name of a check in `formats` its answers must pass.")
 
 
 class RoutingConfig(_Model):
@@ -131,12 +150,21 @@ class ProjectConfig(_Model):
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     domains: dict[str, DomainConfig] = Field(default_factory=dict, description="Domains by name.")
+    formats: dict[str, FormatCheck] = Field(default_factory=dict, description=(
+        "Format checks by name, for `loradex eval` (a domain's `format`, or a question's)."))
     metadata: list[MetadataRule] = Field(default_factory=list, description="Extra tags and groups by path glob.")
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     _engine = field_validator("engine")(_known(ENGINES, "engine"))
+
+    @model_validator(mode="after")
+    def _formats_exist(self) -> ProjectConfig:
+        for name, domain in self.domains.items():
+            if domain.format is not None and domain.format not in self.formats:
+                raise ValueError(f"domains.{name}.format: no format check named {domain.format!r} in `formats`")
+        return self
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

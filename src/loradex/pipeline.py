@@ -99,8 +99,9 @@ class Prepared:
 
 def prepare(project: Project, question: str, *, k: int | None = None, domain: str | None = None,
             filters: Filters | None = None, route: bool = True, use_adapter: bool = True,
-            retrieval: bool = True, version: str | None = None) -> Prepared:
+            retrieval: bool = True, version: str | None = None, min_dense_score: float | None = None) -> Prepared:
     """Route, load the domain's adapter, retrieve, and build the generation request (no generation).
+    `min_dense_score` replaces `answer.min_dense_score` (evaluation's oracle mode never abstains).
     Raises AdapterError for a refused adapter and QueryError for an empty question."""
     cfg = project.config.answer
     t_route = time.perf_counter()
@@ -126,7 +127,7 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
     best = max((h.dense_score or 0.0 for h in hits), default=0.0)
     sources = tuple(SourceRef.from_hit(n, h) for n, h in enumerate(hits, start=1))
     usage: dict = {"best_dense_score": best}
-    if best < cfg.min_dense_score:
+    if best < (cfg.min_dense_score if min_dense_score is None else min_dense_score):
         early = Answer(question, NO_SOURCES, (), sources, True, (), timings, usage, chosen, adapter)
         return Prepared(question, chosen, adapter, hits, sources, None, early, timings, usage)
     request = GenerationRequest(tuple(build_messages(question, hits, project.config.name)), cfg.max_new_tokens,
@@ -154,7 +155,8 @@ def joined(pieces: Iterable[str]) -> str:
 
 def answer(project: Project, question: str, *, k: int | None = None, domain: str | None = None,
            filters: Filters | None = None, on_token: Callable[[str], None] | None = None,
-           route: bool = True, use_adapter: bool = True, retrieval: bool = True) -> Answer:
+           route: bool = True, use_adapter: bool = True, retrieval: bool = True,
+           min_dense_score: float | None = None) -> Answer:
     """Answer `question` from the project's documents with verified citations, routed to a domain's adapter.
 
     `domain` names the domain (no router); `route=False` skips routing (base model, all sources);
@@ -162,7 +164,7 @@ def answer(project: Project, question: str, *, k: int | None = None, domain: str
     `on_token` receives the text as it is generated. Raises AdapterError for a refused adapter and
     QueryError for an empty question."""
     p = prepare(project, question, k=k, domain=domain, filters=filters, route=route, use_adapter=use_adapter,
-                retrieval=retrieval)
+                retrieval=retrieval, min_dense_score=min_dense_score)
     if p.early_answer is not None:
         if on_token:
             on_token(p.early_answer.answer)

@@ -243,6 +243,15 @@ class Answer:
     route: Route = field(default_factory=lambda: Route(None, 0.0))
     adapter: str | None = None
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Answer:
+        """The Answer that `to_dict` wrote (read back from a cache)."""
+        sources = tuple(SourceRef(**{**s, "heading_path": tuple(s["heading_path"]), "span": tuple(s["span"])})
+                        for s in d["sources"])
+        citations = tuple(Citation(**{**c, "reasons": tuple(c["reasons"])}) for c in d["citations"])
+        return cls(d["question"], d["answer"], citations, sources, d["abstained"], tuple(d["flagged"]),
+                   d["timings_ms"], d["usage"], Route(**d["route"]), d["adapter"])
+
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer,
                 "citations": [c.to_dict() for c in self.citations], "sources": [s.to_dict() for s in self.sources],

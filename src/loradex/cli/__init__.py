@@ -1,11 +1,11 @@
 """The `loradex` command line. Each command wraps library calls and prints text or `--json`.
 
 Modules: `_common` (the app settings, output, progress, the one error handler), `commands` (init, ingest,
-search, serve, route, ask), `docs` (docs list/show/rm), `adapters` (train and adapters ...).
+search, serve, route, ask), `docs` (docs list/show/rm), `adapters` (train and adapters ...), `evaluate` (eval).
 """
 from __future__ import annotations
 
-from . import adapters, commands, docs
+from . import adapters, commands, docs, evaluate
 from ._common import new_app
 
 __all__ = ["app", "main"]
@@ -14,6 +14,7 @@ app = new_app("loradex: cited answers from your documents, domain adapters, one 
 for command in (commands.init, commands.ingest, commands.search, commands.serve, commands.route, commands.ask,
                 adapters.train):
     app.command()(command)
+app.command("eval")(evaluate.evaluate)
 app.add_typer(docs.docs_app, name="docs")
 app.add_typer(adapters.adapters_app, name="adapters")
 

@@ -1,0 +1,160 @@
+"""Answer every question in every mode, score each answer, and summarise per mode with intervals.
+
+Modes: `base` (no sources, no adapter), `rag` (all sources, base model), `adapter` (the routed domain's
+adapter, no sources), `hybrid` (route, the domain's sources and adapter: the product), `oracle` (the gold
+documents as the only sources, base model, never abstaining: the ceiling for reading). Every answer is greedy
+as configured, and cached under `.loradex/eval/` by the question, the mode and the state it depends on (model,
+engine and answer settings, active adapter versions, document versions, router), so a rerun after a change
+recomputes only what the change touches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..atomic import write_text
+from ..errors import QueryError
+from ..types import Answer, Filters
+from .metrics import (
+    citation_scores,
+    contains_reference,
+    exact_match,
+    format_failures,
+    hit_at_k,
+    normalize_answer,
+    reciprocal_rank,
+    repeats,
+    token_f1,
+)
+from .questions import Question
+from .stats import bootstrap, paired_bootstrap
+
+if TYPE_CHECKING:
+    from ..project import Project
+
+__all__ = ["METRICS", "MODES", "evaluate", "score_answer", "summarise"]
+
+MODES = ("base", "rag", "adapter", "hybrid", "oracle")
+METRICS = ("exact_match", "token_f1", "contains_answer", "label_accuracy", "citation_recall", "citation_precision",
+           "verified_citation", "cited_gold", "format_ok", "repetition", "abstained_right", "abstained_wrongly",
+           "routed_right", "hit_at_k", "mrr", "latency_ms", "completion_tokens")
+Progress = Callable[[int, int], None]
+
+
+def _ask(project: Project, q: Question, mode: str) -> Answer | None:
+    from ..pipeline import answer
+
+    if mode == "base":
+        return answer(project, q.question, route=False, use_adapter=False, retrieval=False)
+    if mode == "rag":
+        return answer(project, q.question, route=False, use_adapter=False)
+    if mode == "adapter":
+        return answer(project, q.question, retrieval=False)
+    if mode == "hybrid":
+        return answer(project, q.question)
+    if not q.gold_docs:  # oracle needs the gold documents
+        return None
+    return answer(project, q.question, route=False, use_adapter=False, filters=Filters(doc_ids=q.gold_docs),
+                  min_dense_score=-1.0)
+
+
+def state_key(project: Project) -> str:
+    """A hash of what answers depend on besides the question and mode."""
+    cfg = project.config
+    adapters = sorted((p.parent.name, p.read_text()) for p in (project.state_dir / "adapters").glob("*/active.json"))
+    docs = {d: m["version"] for d, m in project.load_manifest()["documents"].items()}
+    router = project.state_dir / "router.json"
+    blob = [cfg.model, cfg.engine, cfg.embedder, cfg.answer.model_dump(), cfg.retrieval.model_dump(),
+            adapters, docs, json.loads(router.read_text()).get("key") if router.is_file() else None]
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_of(project: Project, q: Question, routed: str | None) -> str | None:
+    domain = q.domain or routed
+    fmt = q.format or (project.config.domains[domain].format if domain in project.config.domains else None)
+    return fmt
+
+
+def score_answer(project: Project, q: Question, mode: str, a: Answer) -> dict[str, Any]:
+    """One row: the answer, where it went, and every metric that applies to it (None where one does not)."""
+    text, sources = a.answer, [s.text for s in a.sources]
+    cites = citation_scores(text, sources) if sources and not a.abstained else None  # "not covered" claims nothing
+    files = list(dict.fromkeys(s.file for s in a.sources))
+    fmt = _format_of(project, q, a.route.domain)
+    check = project.config.formats.get(fmt) if fmt else None
+    row: dict[str, Any] = {
+        "exact_match": exact_match(text, q.answers) if q.answers else None,
+        "token_f1": token_f1(text, q.answers) if q.answers else None,
+        "contains_answer": float(contains_reference(text, q.answers)) if q.answers else None,
+        "label_accuracy": float(normalize_answer(text).split()[:1] == normalize_answer(q.label).split()[:1])
+        if q.label else None,
+        "citation_recall": cites.recall if cites else None,
+        "citation_precision": cites.precision if cites else None,
+        "verified_citation": float(any(c.verified for c in a.citations)) if cites else None,
+        "cited_gold": float(any(s.file in q.gold_docs for s in a.sources if any(c.n == s.n for c in a.citations)))
+        if q.gold_docs and a.citations else None,
+        "format_ok": None if check is None else float(not format_failures(text, **check.model_dump())),
+        "repetition": float(repeats(text)),
+        "abstained_right": float(a.abstained) if not q.answerable else None,
+        "abstained_wrongly": float(a.abstained) if q.answerable else None,
+        "routed_right": float(a.route.domain == q.domain) if q.domain and mode in ("adapter", "hybrid") else None,
+        "hit_at_k": hit_at_k(files, q.gold_docs, len(files)) if q.gold_docs and files else None,
+        "mrr": reciprocal_rank(files, q.gold_docs) if q.gold_docs and files else None,
+        "latency_ms": sum(a.timings_ms.values()), "completion_tokens": a.usage.get("completion_tokens"),
+    }
+    return {"id": q.id, "mode": mode, "question": q.question, "answer": text, "abstained": a.abstained,
+            "route": a.route.domain, "best": a.route.best, "adapter": a.adapter, "sources": files,
+            "format": fmt, "metrics": row, "result": a.to_dict()}
+
+
+def evaluate(project: Project, questions: Sequence[Question], modes: Sequence[str] = MODES, *,
+             progress: Progress | None = None) -> list[dict[str, Any]]:
+    """A scored row for every (question, mode) that applies (oracle needs gold documents), in question order,
+    answered now or read from the cache. Raises QueryError for an unknown mode."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise QueryError(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
+    cache, key = project.state_dir / "eval" / "answers", state_key(project)
+    rows, done, total = [], 0, len(questions) * len(modes)
+    for q in questions:
+        for mode in modes:
+            item = hashlib.sha256(json.dumps([key, mode, q.question, q.gold_docs]).encode()).hexdigest()[:24]
+            path = cache / f"{item}.json"
+            result: Answer | None
+            if path.is_file():
+                result = Answer.from_dict(json.loads(path.read_text()))
+            else:
+                result = _ask(project, q, mode)
+                if result is not None:
+                    write_text(path, json.dumps(result.to_dict()))
+            if result is not None:
+                rows.append(score_answer(project, q, mode, result))
+            done += 1
+            if progress:
+                progress(done, total)
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]], *, seed: int = 0, baseline: str = "rag") -> dict[str, Any]:
+    """Per mode and metric: the mean with its 95% bootstrap interval; and, per mode, the paired bootstrap of
+    its difference from `baseline` on the questions both answered."""
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    by_mode = {m: {r["id"]: r["metrics"] for r in rows if r["mode"] == m} for m in modes}
+    out: dict[str, Any] = {"modes": modes, "questions": len({r["id"] for r in rows}), "metrics": {}, "versus": {}}
+    for m in modes:
+        out["metrics"][m] = {k: _dict(bootstrap([v[k] for v in by_mode[m].values()], seed=seed)) for k in METRICS}
+    if baseline in by_mode:
+        for m in modes:
+            if m == baseline:
+                continue
+            shared = [i for i in by_mode[m] if i in by_mode[baseline]]
+            out["versus"][m] = {k: _dict(paired_bootstrap([by_mode[m][i][k] for i in shared],
+                                                          [by_mode[baseline][i][k] for i in shared], seed=seed))
+                                for k in METRICS}
+    return out
+
+
+def _dict(interval: Any) -> dict | None:
+    return None if interval is None else interval.to_dict()

@@ -1,0 +1,100 @@
+"""`loradex eval` on the weightless setup: echo engine, hashing embedder, the ingest tests' documents."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from loradex.cli import app
+from loradex.engine.echo import EchoEngine
+from loradex.errors import DataError, QueryError
+from loradex.evaluate.questions import load_questions
+from loradex.evaluate.run import evaluate, summarise
+from loradex.ingest.ingest import ingest
+from loradex.project import open_project
+
+from .test_ingest import DOCS
+from .test_pipeline import ECHO
+
+FORMATS = """
+formats:
+  one_line: {max_chars: 200, pattern: "\\\\[1\\\\]"}
+"""
+QUESTIONS = [
+    {"id": "theft", "question": "When must theft be reported to the police?", "answer": "within 24 hours",
+     "gold_docs": ["docs/claims/theft.txt"], "domain": "claims", "format": "one_line"},
+    {"id": "bread", "question": "recipe for sourdough bread baking", "answerable": False},
+]
+
+
+class CountingEcho(EchoEngine):
+    def generate(self, requests):
+        self.calls += len(requests) - 1  # count requests, not batches
+        return super().generate(requests)
+
+
+@pytest.fixture
+def project(project_dir, tmp_path):
+    engine = CountingEcho()
+    proj = open_project(project_dir(DOCS, ECHO + FORMATS), engine=engine)
+    ingest(proj)
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return proj, engine, path
+
+
+def test_every_mode_is_scored_and_a_rerun_answers_from_the_cache(project):
+    proj, engine, path = project
+    qs = load_questions(path, domains=set(proj.config.domains), formats=set(proj.config.formats))
+    rows = evaluate(proj, qs, ["base", "rag", "oracle"])
+    assert [(r["id"], r["mode"]) for r in rows] == [("theft", "base"), ("theft", "rag"), ("theft", "oracle"),
+                                                    ("bread", "base"), ("bread", "rag")]  # no gold: no oracle
+    rag = next(r for r in rows if r["id"] == "theft" and r["mode"] == "rag")["metrics"]
+    assert rag["contains_answer"] == 1.0 and rag["citation_recall"] == 1.0 and rag["verified_citation"] == 1.0
+    assert rag["hit_at_k"] == 1.0 and rag["mrr"] == 1.0 and rag["format_ok"] == 1.0 and rag["repetition"] == 0.0
+    oracle = next(r for r in rows if r["mode"] == "oracle")
+    assert oracle["sources"] == ["docs/claims/theft.txt"]  # the gold document is the only source
+    bread = next(r for r in rows if r["id"] == "bread" and r["mode"] == "rag")["metrics"]
+    assert bread["abstained_right"] == 1.0 and bread["abstained_wrongly"] is None
+    calls = engine.calls
+    again = evaluate(proj, qs, ["base", "rag", "oracle"])
+    assert engine.calls == calls and [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+
+
+def test_summary_has_intervals_and_paired_differences_from_rag(project):
+    proj, _, path = project
+    rows = evaluate(proj, load_questions(path), ["base", "rag"])
+    s = summarise(rows)
+    assert s["modes"] == ["base", "rag"] and s["questions"] == 2
+    assert s["metrics"]["rag"]["contains_answer"] == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 1}
+    diff = s["versus"]["base"]["contains_answer"]
+    assert diff["n"] == 1 and diff["value"] == s["metrics"]["base"]["contains_answer"]["value"] - 1.0
+
+
+def test_malformed_questions_name_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "ok", "domain": "claims"}\n{"answer": "no question"}\n'
+                    '{"question": "x", "answerable": "perhaps"}\nnot json\n{"question": "y", "format": "nope"}\n')
+    with pytest.raises(DataError) as e:
+        load_questions(path, domains={"claims"}, formats=set())
+    message = str(e.value)
+    assert f"{path}:2: question: Field required" in message
+    assert f"{path}:3: answerable:" in message and f"{path}:4: not valid JSON" in message
+    assert f"{path}:5: format: no format check named 'nope'" in message
+
+
+def test_unknown_mode_is_refused(project):
+    proj, _, path = project
+    with pytest.raises(QueryError, match="unknown mode"):
+        evaluate(proj, load_questions(path), ["rag", "magic"])
+
+
+def test_cli_eval_writes_results_and_summary(project, tmp_path):
+    proj, _, path = project
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["eval", str(path), "--modes", "base,rag", "--out", str(out), "-p", str(proj.root)])
+    assert r.exit_code == 0, r.output
+    assert "contains_answer" in r.stdout and "base - rag" in r.stdout
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and json.loads((out / "summary.json").read_text())["modes"] == ["base", "rag"]
+    r = CliRunner().invoke(app, ["eval", str(path), "--modes", "rag", "--json", "-p", str(proj.root)])
+    assert json.loads(r.stdout)["metrics"]["rag"]["citation_recall"]["value"] == 1.0

@@ -29,6 +29,7 @@ demo: setup
 	$(LDX) ask -p $(DEMO) "Does my home insurance cover damage from a burst pipe?"
 	$(LDX) ask -p $(DEMO) "Can I change the day my monthly premium is collected?" --stream
 	$(LDX) ask -p $(DEMO) "Who won the football world cup in 1998?"
+	$(LDX) eval -p $(DEMO) $(DEMO)/eval/questions.jsonl --limit 3 --modes rag,hybrid
 
 test: lint
 	$(PY) -m pytest -q

@@ -64,3 +64,36 @@ def test_ask_stream_and_open_a_citation(project_dir, tmp_path, monkeypatch, brow
         assert first_sentence and first_sentence in " ".join(passage.split())
     finally:
         running.stop()
+
+
+def test_eval_report_renders_with_its_charts(project_dir, tmp_path, browser):
+    """`loradex eval`'s report.html, opened in Chromium: the table, the chart (decoded and drawn) and the worst
+    answers are there; a screenshot is taken."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from typer.testing import CliRunner
+
+    from loradex.cli import app
+
+    from .test_eval_run import FORMATS, QUESTIONS
+    from .test_ingest import DOCS
+    from .test_pipeline import ECHO
+
+    root = project_dir(DOCS, ECHO + FORMATS)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    assert CliRunner().invoke(app, ["ingest", "-p", str(root)]).exit_code == 0
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["eval", str(questions), "--modes", "base,rag,hybrid,oracle", "--out", str(out),
+                                 "-p", str(root)])
+    assert r.exit_code == 0, r.output
+    browser.set_window_size(1400, 1000)
+    browser.get((out / "report.html").as_uri())
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("loradex eval")
+    img = browser.find_element(By.CSS_SELECTOR, "img[alt='metrics by mode']")
+    width = browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+    assert width and width > 400  # the chart was decoded and has its size, not a broken image
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "contains_answer" in body and "Worst answers" in body and "When must theft be reported" in body
+    assert browser.save_screenshot(str(tmp_path / "report.png")) and (tmp_path / "report.png").stat().st_size > 10_000

@@ -20,11 +20,13 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
              modes: str = typer.Option(",".join(MODES), help="Comma-separated modes: " + ", ".join(MODES) + "."),
              limit: Optional[int] = typer.Option(None, help="Evaluate this many questions, drawn with --seed."),
              seed: int = typer.Option(0, help="Seed of the --limit draw and of the bootstrap."),
-             out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.jsonl and summary.json "
+             out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.jsonl, summary.json and "
+                                                    "report.html "
                                                     "(default .loradex/eval/latest in the project)."),
              project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Answer every question in every mode (cached), score the answers, and compare each mode with rag."""
     from ..evaluate.questions import load_questions
+    from ..evaluate.report import write_report
     from ..evaluate.run import evaluate as run_eval
     from ..evaluate.run import summarise
 
@@ -40,12 +42,13 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_report(rows, summary, {q.id: q.domain for q in qs}, folder / "report.html", f"loradex eval: {questions.name}")
     if as_json:
         emit(summary)
         return
     _print_summary(summary)
     out.print(f"[dim]{len(rows)} answers; every row in {folder / 'results.jsonl'}, intervals in "
-              f"{folder / 'summary.json'}[/]", highlight=False)
+              f"{folder / 'summary.json'}, the report in {folder / 'report.html'}[/]", highlight=False)
 
 
 def _cell(interval: dict | None) -> str:

@@ -98,3 +98,23 @@ def test_cli_eval_writes_results_and_summary(project, tmp_path):
     assert len(rows) == 4 and json.loads((out / "summary.json").read_text())["modes"] == ["base", "rag"]
     r = CliRunner().invoke(app, ["eval", str(path), "--modes", "rag", "--json", "-p", str(proj.root)])
     assert json.loads(r.stdout)["metrics"]["rag"]["citation_recall"]["value"] == 1.0
+
+
+def test_the_example_eval_set_is_valid_and_its_answers_are_in_its_gold_documents():
+    from collections import Counter
+    from pathlib import Path
+
+    from loradex.config import load_config
+    from loradex.ingest.parse import parse_file
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "insurance"
+    config = load_config(root / "loradex.yaml")
+    qs = load_questions(root / "eval" / "questions.jsonl", domains=set(config.domains), formats=set(config.formats))
+    assert len(qs) >= 60 and sum(not q.answerable for q in qs) >= 10
+    assert min(Counter(q.domain for q in qs if q.answerable).values()) >= 15
+    texts = {}
+    for q in (q for q in qs if q.answerable):
+        for doc in q.gold_docs:
+            texts.setdefault(doc, " ".join(parse_file(root / doc).text.split()).lower())
+        assert any(" ".join(q.answers[0].split()).lower() in texts[d] for d in q.gold_docs), q.id
+    assert len({q.question.lower() for q in qs}) == len(qs)

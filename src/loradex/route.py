@@ -30,6 +30,7 @@ from .errors import RouterError
 from .route_fit import (
     METHODS,
     NEAREST_SCALE,
+    NEGATIVE_WEIGHT,
     Scorer,
     fit_temperature,
     keep_negatives,
@@ -44,7 +45,6 @@ __all__ = ["METHODS", "NEGATIVE_WEIGHT", "Route", "Router", "RouterError"]
 
 FOLDS = 5
 MIN_CALIBRATION_EXAMPLES = 3  # a domain with fewer makes the router say it is uncalibrated
-NEGATIVE_WEIGHT = 0.3  # chosen on CLINC150's validation splits (benchmarks/routing_clinc150.py), not its test
 
 
 @dataclass
@@ -105,8 +105,7 @@ class Router:
         counts = np.bincount(y, minlength=len(self.domains))
         self.meta = {"examples": int(counts.sum()), "negatives": len(self.negatives),
                      "examples_per_domain": {d: int(c) for d, c in zip(self.domains, counts)}}
-        loo = scope_scores(x, np.concatenate([x, self.context]), self.negatives, weight=NEGATIVE_WEIGHT,
-                           leave_one_out=True)
+        loo = scope_scores(x, np.concatenate([x, self.context]), self.negatives, leave_one_out=True)
         self.scope_threshold = float(np.quantile(loo, 1 - self.target_recall)) if len(y) > 1 else -1.0
         k = int(min(FOLDS, counts.min()))
         few = [d for d, c in zip(self.domains, counts) if c < MIN_CALIBRATION_EXAMPLES]

@@ -11,6 +11,7 @@ from loradex.evaluate.metrics import (
     normalize_answer,
     reciprocal_rank,
     repeats,
+    strip_citations,
     token_f1,
 )
 from loradex.evaluate.stats import Interval, bootstrap, paired_bootstrap
@@ -94,3 +95,10 @@ def test_paired_bootstrap_cancels_what_the_modes_share():
     assert d.value == pytest.approx(0.1) and d.low == pytest.approx(0.1) and d.high == pytest.approx(0.1)
     assert paired_bootstrap([1.0, None], [None, 0.0]) is None
     assert paired_bootstrap([1.0, 1.0, None], [0.0, 1.0, 0.0]).n == 2
+
+
+def test_citation_markers_are_removed_before_correctness_is_scored():
+    text = "Within 7 days [1]. Police within 24 hours [1, 3]."
+    assert strip_citations(text) == "Within 7 days. Police within 24 hours."
+    assert exact_match(strip_citations("7 days [2]"), ["7 days"]) == 1.0
+    assert token_f1("7 days [2]", ["7 days"]) < 1.0  # the marker's digit counts against F1 unless stripped

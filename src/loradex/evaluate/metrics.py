@@ -4,7 +4,8 @@
   2016, and its official evaluation script: lower case, punctuation and the articles a/an/the removed,
   whitespace collapsed), the best over several acceptable references; and content-word recall, the share of a
   reference's content words found in the answer (`contains_reference` at 0.5), so a long answer that states the
-  fact is not punished for its length the way exact match and F1 punish it.
+  fact is not punished for its length the way exact match and F1 punish it. Citation markers (`[1]`) are
+  removed before any of these (`strip_citations`), as ALCE scores correctness on the answer without them.
 - Citations, as ALCE defines them (Gao et al., "Enabling Large Language Models to Generate Text with
   Citations", EMNLP 2023), with loradex's lexical support check (`loradex.cite.support`) where ALCE uses an NLI
   model: citation recall is the share of answer sentences whose cited passages, together, support them;
@@ -22,10 +23,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..cite import CITATION, content_words, parse_citations, sentences, support
+from ..cite import CITATION, content_words, parse_citations, sentence_key, sentences, support
 
 __all__ = ["CitationScores", "citation_scores", "contains_reference", "content_recall", "exact_match",
-           "format_failures", "hit_at_k", "normalize_answer", "reciprocal_rank", "repeats", "token_f1"]
+           "format_failures", "hit_at_k", "normalize_answer", "reciprocal_rank", "repeats", "strip_citations",
+           "token_f1"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -34,6 +36,11 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+def strip_citations(text: str) -> str:
+    """`text` without its citation markers (`[1]`, `[1, 3]`), for scoring correctness."""
+    return CITATION.sub("", text)
 
 
 def exact_match(prediction: str, references: Sequence[str]) -> float:
@@ -116,7 +123,7 @@ def citation_scores(answer: str, passages: Sequence[str]) -> CitationScores:
 
 def repeats(text: str, times: int = 3) -> bool:
     """Degenerate repetition: some sentence (or line), citations and case aside, occurs `times` times or more."""
-    units = [CITATION.sub("", s).strip(" -*\t").lower() for s in sentences(text)]
+    units = [sentence_key(s) for s in sentences(text)]
     counts = Counter(u for u in units if len(u.split()) >= 2)
     return any(c >= times for c in counts.values())
 

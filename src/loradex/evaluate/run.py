@@ -26,6 +26,7 @@ from .metrics import (
     normalize_answer,
     reciprocal_rank,
     repeats,
+    strip_citations,
     token_f1,
 )
 from .questions import Question
@@ -80,15 +81,16 @@ def _format_of(project: Project, q: Question, routed: str | None) -> str | None:
 def score_answer(project: Project, q: Question, mode: str, a: Answer) -> dict[str, Any]:
     """One row: the answer, where it went, and every metric that applies to it (None where one does not)."""
     text, sources = a.answer, [s.text for s in a.sources]
+    plain = strip_citations(text)
     cites = citation_scores(text, sources) if sources and not a.abstained else None  # "not covered" claims nothing
     files = list(dict.fromkeys(s.file for s in a.sources))
     fmt = _format_of(project, q, a.route.domain)
     check = project.config.formats.get(fmt) if fmt else None
     row: dict[str, Any] = {
-        "exact_match": exact_match(text, q.answers) if q.answers else None,
-        "token_f1": token_f1(text, q.answers) if q.answers else None,
-        "contains_answer": float(contains_reference(text, q.answers)) if q.answers else None,
-        "label_accuracy": float(normalize_answer(text).split()[:1] == normalize_answer(q.label).split()[:1])
+        "exact_match": exact_match(plain, q.answers) if q.answers else None,
+        "token_f1": token_f1(plain, q.answers) if q.answers else None,
+        "contains_answer": float(contains_reference(plain, q.answers)) if q.answers else None,
+        "label_accuracy": float(normalize_answer(plain).split()[:1] == normalize_answer(q.label).split()[:1])
         if q.label else None,
         "citation_recall": cites.recall if cites else None,
         "citation_precision": cites.precision if cites else None,

@@ -64,6 +64,33 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
 
 
+def sentence_key(sentence: str) -> str:
+    """What makes two sentences the same one for repetition: the text without citations, list bullets and
+    surrounding spaces, in lower case, spaces collapsed."""
+    return " ".join(CITATION.sub("", sentence).strip(" -*\t").lower().split())
+
+
+def drop_repeats(text: str) -> tuple[str, list[str]]:
+    """`text` without the second and later occurrences of any sentence or line of two words or more (compared
+    by `sentence_key`), and the sentences removed, in order. The rest of the text, line breaks included, is
+    kept as it was; a removed line takes its line break with it."""
+    seen: set[str] = set()
+    kept, removed, pos = [], [], 0
+    for m in _SENTENCE.finditer(text):
+        key = sentence_key(m.group())
+        if len(key.split()) >= 2 and key in seen:
+            kept.append(text[pos:m.start()])
+            removed.append(m.group().strip())
+            pos = m.end()
+            if text[:m.start()].endswith("\n") and text[pos:pos + 1] == "\n":
+                pos += 1
+        seen.add(key)
+    if not removed:
+        return text, []
+    kept.append(text[pos:])
+    return "".join(kept).strip(), removed
+
+
 def _stem(word: str) -> str:
     for suffix in ("ing", "ed", "es", "s"):
         if len(word) > len(suffix) + 2 and word.endswith(suffix):

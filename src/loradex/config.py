@@ -45,15 +45,28 @@ class RetrievalConfig(_Model):
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
 
 
+NO_REPEAT_NGRAM = 0  # measured: benchmarks/results/no_repeat_ngram.json
+
+
 class AnswerConfig(_Model):
     k: int = Field(4, ge=1, le=20, description="Passages put in the prompt as numbered sources.")
     max_new_tokens: int = Field(160, ge=1, le=4096, description="Token budget of an answer.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy decoding.")
+    no_repeat_ngram: int = Field(NO_REPEAT_NGRAM, ge=0, le=64, description=(
+        "No n tokens in a row twice in an answer (0: off; copying the sources stays allowed). Sentences "
+        "repeated verbatim are removed from every answer either way."))
     attribute: bool = Field(True, description=(
         "Give sentences the model left uncited the source that supports them (marked 'added')."))
     min_dense_score: float = Field(0.3, ge=-1, le=1, description=(
         "Abstain (say the documents do not cover it) when no retrieved passage has a cosine similarity "
         "to the question of at least this."))
+
+    @field_validator("no_repeat_ngram")
+    @classmethod
+    def _not_one(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 would forbid every token already written: use 0 (off) or at least 2")
+        return value
 
 
 class StoreConfig(_Model):
@@ -220,6 +233,7 @@ answer:
   k: 4                     # passages given to the model as numbered sources
   max_new_tokens: 160
   temperature: 0.0         # greedy
+  no_repeat_ngram: {no_repeat}      # no n tokens in a row twice in an answer (0: off)
   attribute: true          # cite uncited sentences that a source supports (marked 'added')
   min_dense_score: 0.3     # abstain when no passage is at least this similar to the question
 
@@ -255,4 +269,4 @@ metadata: []
 
 
 def starter_text(name: str) -> str:
-    return STARTER.format(name=name)
+    return STARTER.format(name=name, no_repeat=NO_REPEAT_NGRAM)

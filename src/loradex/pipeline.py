@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .cite import Verification, verify
+from .cite import Verification, drop_repeats, verify
 from .engine import GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
 from .retrieve import search
@@ -120,7 +120,7 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
     if not retrieval:  # adapter only: the question under the serving system message, nothing to cite
         messages = ({"role": "system", "content": system_message(project.config.name)},
                     {"role": "user", "content": question})
-        request = GenerationRequest(messages, cfg.max_new_tokens, (), cfg.temperature, adapter)
+        request = GenerationRequest(messages, cfg.max_new_tokens, (), cfg.temperature, adapter, cfg.no_repeat_ngram)
         return Prepared(question, chosen, adapter, [], (), request, None, timings, {})
     hits = search(project.store, project.embedder, question, project.config.retrieval, k=k or cfg.k, filters=filters)
     timings["retrieve"] = (time.perf_counter() - t0) * 1000
@@ -131,21 +131,23 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
         early = Answer(question, NO_SOURCES, (), sources, True, (), timings, usage, chosen, adapter)
         return Prepared(question, chosen, adapter, hits, sources, None, early, timings, usage)
     request = GenerationRequest(tuple(build_messages(question, hits, project.config.name)), cfg.max_new_tokens,
-                                _SOURCE_STOPS, cfg.temperature, adapter)
+                                _SOURCE_STOPS, cfg.temperature, adapter, cfg.no_repeat_ngram)
     return Prepared(question, chosen, adapter, hits, sources, request, None, timings, usage)
 
 
 def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0) -> Answer:
-    """Verify the generated `text`'s citations against the prepared sources and build the Answer."""
+    """Remove verbatim repeats from the generated `text`, verify its citations against the prepared sources
+    and build the Answer."""
     p.timings["generate"] = generate_ms
+    text, repeated = drop_repeats(text)
     if not p.hits:
-        return Answer(p.question, text, (), (), False, (), p.timings, p.usage, p.route, p.adapter)
+        return Answer(p.question, text, (), (), False, (), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
     t0 = time.perf_counter()
     verification = verify(text, [h.chunk.text for h in p.hits], attribute=project.config.answer.attribute)
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in text.lower() for x in _NOT_COVERED) and not verification.checks
     return Answer(p.question, verification.text, _citations(verification, p.hits), p.sources, abstained,
-                  tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter)
+                  tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
 
 
 def joined(pieces: Iterable[str]) -> str:

@@ -229,6 +229,8 @@ class Answer:
     `answer` is the generated text with citations of missing sources removed; `abstained` is true when the
     documents did not cover the question (no generation, or the model said so without citing);
     `flagged` holds cited sentences no cited passage supports (`sentence`, `cited`, `supported_by`);
+    `repeated` holds the sentences removed from the answer as verbatim repeats of an earlier one (degenerate
+    output: non-empty means the model looped and the answer deserves a second look);
     `timings_ms` are milliseconds per stage (route, load, retrieve, prompt, generate, verify); `usage` has
     token counts and the best dense score; `adapter` is `domain@sha256:<12 hex>`, None for the base model."""
 
@@ -242,6 +244,7 @@ class Answer:
     usage: dict = field(default_factory=dict)
     route: Route = field(default_factory=lambda: Route(None, 0.0))
     adapter: str | None = None
+    repeated: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> Answer:
@@ -250,10 +253,11 @@ class Answer:
                         for s in d["sources"])
         citations = tuple(Citation(**{**c, "reasons": tuple(c["reasons"])}) for c in d["citations"])
         return cls(d["question"], d["answer"], citations, sources, d["abstained"], tuple(d["flagged"]),
-                   d["timings_ms"], d["usage"], Route(**d["route"]), d["adapter"])
+                   d["timings_ms"], d["usage"], Route(**d["route"]), d["adapter"], tuple(d.get("repeated", ())))
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer,
                 "citations": [c.to_dict() for c in self.citations], "sources": [s.to_dict() for s in self.sources],
                 "abstained": self.abstained, "flagged": list(self.flagged), "timings_ms": dict(self.timings_ms),
-                "usage": dict(self.usage), "route": self.route.to_dict(), "adapter": self.adapter}
+                "usage": dict(self.usage), "route": self.route.to_dict(), "adapter": self.adapter,
+                "repeated": list(self.repeated)}

@@ -159,3 +159,15 @@ def test_mixed_adapter_batch_equals_each_request_alone(engine, tiny):
     streamed = ["".join(engine.stream(r)).strip() for r in reqs]
     assert streamed == _texts(alone)
     assert _texts(engine.generate(reqs[::-1])) == _texts(alone)[::-1]  # order within the batch does not matter
+
+
+def test_no_repeat_ngram_keeps_batch_stream_and_alone_equal(engine):
+    reqs = [_req(SOURCE, 30, no_repeat_ngram=3), _req("Report a claim", 30), _req(SOURCE, 30, no_repeat_ngram=2)]
+    batch = _texts(engine.generate(reqs))
+    assert batch == [engine.generate([r])[0].text for r in reqs]
+    assert "".join(engine.stream(reqs[0])).strip() == batch[0]
+
+
+def test_no_repeat_ngram_one_is_refused():
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        _req("x", 5, no_repeat_ngram=1)

@@ -74,3 +74,13 @@ def test_attribution_adds_verified_citations_to_uncited_supported_sentences():
     v = verify("The grace period for a missed payment is 14 days [1].", [P1, P2], attribute=True)
     assert [(c.n, c.verified, c.added) for c in v.checks] == [(1, False, False)]
     assert v.flagged[0]["supported_by"] == [2]
+
+
+def test_drop_repeats_keeps_the_first_occurrence_and_the_layout():
+    from loradex.cite import drop_repeats
+
+    text = "Covered: YES\nWhy: Pipes are covered [1].\n- Why: pipes are covered [2].\nLimits: none.\nSee: [1]"
+    assert drop_repeats(text) == ("Covered: YES\nWhy: Pipes are covered [1].\nLimits: none.\nSee: [1]",
+                                  ["- Why: pipes are covered [2]."])
+    assert drop_repeats("Call us. Call us. Yes. Yes. Done.") == ("Call us. Yes. Yes. Done.", ["Call us."])
+    assert drop_repeats("No repeats here. None at all.") == ("No repeats here. None at all.", [])

@@ -143,3 +143,37 @@ def test_replacing_the_only_adapter(four_adapters):
         fresh.generate([GenerationRequest(req.messages, 12, adapter="y")])[0].text
     engine.load_adapter("z", paths[2])  # max 1: x goes
     assert engine.loaded_adapters() == ["z"]
+
+
+def _repeated_ngrams(ids: list[int], n: int) -> int:
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_no_repeat_ngram_blocks_repeats_in_the_answer_but_not_copies_of_the_prompt(tiny):
+    import torch
+    from transformers import LogitsProcessorList
+
+    from loradex.engine.local import _no_repeat_processor
+
+    engine = tiny
+    prompt = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
+    plain = engine.model.generate(prompt, max_new_tokens=60, do_sample=False, pad_token_id=0)[0, 11:].tolist()
+    blocked = engine.model.generate(prompt, max_new_tokens=60, do_sample=False, pad_token_id=0,
+                                    logits_processor=LogitsProcessorList([_no_repeat_processor(3, 11)]))[0, 11:]
+    assert _repeated_ngrams(plain, 3) > 0  # the tiny random model loops when left alone
+    assert _repeated_ngrams(blocked.tolist(), 3) == 0
+    # the processor bans what would repeat the answer, never what only repeats the prompt
+    scores = torch.zeros(1, 20)
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3, 9, 1, 2]])  # prompt [1, 2, 3] (len 3), answer [1, 2, 3, 9, 1, 2]
+    out = _no_repeat_processor(3, 3)(ids, scores.clone())
+    assert torch.isinf(out[0, 3]) and torch.isinf(out).sum() == 1  # "1 2 3" was answered once already
+    out = _no_repeat_processor(3, 6)(ids, scores.clone())  # answer [9, 1, 2]: "1 2 3" only in the prompt
+    assert not torch.isinf(out).any()
+
+
+def test_echo_engine_blocks_repeated_words():
+    engine = EchoEngine(reply="a b c a b c a b c d")
+    req = GenerationRequest(({"role": "user", "content": "x"},), 20, no_repeat_ngram=3)
+    words = engine.generate([req])[0].text.split()
+    assert _repeated_ngrams(words, 3) == 0 and words[:3] == ["a", "b", "c"] and words[-1] == "d"

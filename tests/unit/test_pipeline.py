@@ -172,3 +172,30 @@ def test_cli_ask_json_has_route_and_adapter(routed):
     assert out["route"]["domain"] == "claims" and out["adapter"] == refs[0].label
     r = CliRunner().invoke(app, ["ask", "police report for a stolen bike", "-p", str(proj.root), "--no-route"])
     assert r.exit_code == 0 and "base model" in r.stdout
+
+
+LOOP = ("Summary: Report the theft.\nWhy: Police must be told quickly [1].\nWhy: Police must be told quickly [1].\n"
+        "Why: Police must be told quickly [2].\nWhy: Police must be told quickly.")
+
+
+@pytest.mark.parametrize("retrieval", [True, False])
+def test_a_looping_answer_loses_its_repeats_and_says_so(project_dir, retrieval):
+    proj = _project(project_dir, EchoEngine(reply=LOOP))
+    a = answer(proj, "When must theft be reported to the police?", route=False, retrieval=retrieval)
+    assert a.answer.count("Police must be told quickly") == 1 and len(a.repeated) == 3
+    assert a.answer.startswith("Summary: Report the theft.\nWhy: Police must be told quickly")
+    assert a.to_dict()["repeated"] == list(a.repeated)
+    from loradex.types import Answer
+
+    assert Answer.from_dict(a.to_dict()) == a
+
+
+def test_the_answer_settings_reach_the_engine(project_dir):
+    engine = EchoEngine()
+    proj = open_project(project_dir(DOCS, ECHO.replace("attribute: false}", "attribute: false, no_repeat_ngram: 7}")),
+                        engine=engine)
+    ingest(proj)
+    from loradex.pipeline import prepare
+
+    p = prepare(proj, "When must theft be reported to the police?", route=False)
+    assert p.request is not None and p.request.no_repeat_ngram == 7

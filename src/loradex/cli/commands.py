@@ -180,6 +180,8 @@ def _print_sources(result: Answer) -> None:
              for c in result.citations}
     if result.abstained:
         out.print("[yellow](abstained: no passage was close enough to the question)[/]")
+    if result.repeated:
+        out.print(f"[yellow]removed {len(result.repeated)} repeated sentence(s): the model looped[/]", highlight=False)
     for f in result.flagged:
         better = f" (source {', '.join(map(str, f['supported_by']))} would support it)" if f["supported_by"] else ""
         out.print(f"[red]unsupported:[/] {f['sentence']}{better}", highlight=False)

@@ -20,13 +20,21 @@ class GenerationRequest:
     `messages`: `{"role", "content"}` dicts in order; `max_new_tokens`: the budget in model tokens;
     `stop`: strings that end the answer (the text is cut before the first one; the end-of-sequence token
     always stops); `temperature`: 0 is greedy decoding, above 0 samples; `adapter`: the name a loaded
-    adapter was given in `Engine.load_adapter`, None for the bare base model."""
+    adapter was given in `Engine.load_adapter`, None for the bare base model; `no_repeat_ngram`: 0 is off,
+    n >= 2 means no n tokens in a row occur twice in the answer (n-gram blocking, as Paulus et al., "A Deep
+    Reinforced Model for Abstractive Summarization", ICLR 2018, block repeated trigrams). Unlike transformers'
+    `no_repeat_ngram_size`, the prompt does not count, so an answer may still quote its sources word for word."""
 
     messages: tuple[dict, ...]
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     temperature: float = 0.0
     adapter: str | None = None
+    no_repeat_ngram: int = 0
+
+    def __post_init__(self) -> None:
+        if self.no_repeat_ngram == 1 or self.no_repeat_ngram < 0:
+            raise ValueError("no_repeat_ngram must be 0 (off) or at least 2")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,22 @@ if TYPE_CHECKING:
 _SOURCE1 = re.compile(r"<source 1[^>]*>\n(.*?)\n</source 1>", re.S)
 
 
+def _no_repeat(words: list[str], n: int) -> list[str]:
+    """`words` without each word that would complete an n-gram already written (n = 0: unchanged)."""
+    if not n:
+        return words
+    out: list[str] = []
+    seen: set[tuple[str, ...]] = set()
+    for w in words:
+        gram = (*out[len(out) - n + 1:], w) if len(out) >= n - 1 else None
+        if gram is not None and gram in seen:
+            continue
+        out.append(w)
+        if gram is not None:
+            seen.add(gram)
+    return out
+
+
 class EchoEngine:
     """The fake engine. `reply` fixes the answer (for tests of what happens to a given text); a word is a token."""
 
@@ -57,7 +73,7 @@ class EchoEngine:
             if r.adapter is not None and r.adapter not in self.adapters:
                 raise EngineError(f"adapter {r.adapter!r} is not loaded; load it first (engine.load_adapter)")
             self.served.append(r.adapter)
-            words = self._answer(r).split(" ")
+            words = _no_repeat(self._answer(r).split(" "), r.no_repeat_ngram)
             text, stopped = cut_at_stop(" ".join(words[: r.max_new_tokens]), r.stop)
             reason = "stop" if stopped or len(words) <= r.max_new_tokens else "length"
             out.append(Generation(text, sum(len(m["content"].split()) for m in r.messages),

@@ -24,6 +24,27 @@ if TYPE_CHECKING:
     from ..project import Project
 
 
+def _no_repeat_processor(n: int, prompt_len: int) -> Any:
+    """A transformers logits processor that bans, in each row, every token that would complete an n-gram
+    already generated in that row after `prompt_len` (the prompt's n-grams stay allowed)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class NoRepeatInAnswer(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            answer = input_ids[:, prompt_len:]
+            if answer.shape[1] < n:
+                return scores
+            windows = answer.unfold(1, n, 1)  # (batch, n-grams so far, n)
+            tail = answer[:, answer.shape[1] - n + 1:].unsqueeze(1)  # the last n-1 tokens
+            hit = (windows[:, :, :-1] == tail).all(-1)
+            for row in hit.any(-1).nonzero().flatten().tolist():
+                scores[row, windows[row, hit[row], -1]] = -float("inf")
+            return scores
+
+    return NoRepeatInAnswer()
+
+
 class LocalEngine:
     """transformers + PEFT on `model_dir` (a Hugging Face folder of an instruction-tuned chat model), fp32, on
     `device` (default: CUDA when present, else CPU), keeping at most `max_adapters` adapters loaded.
@@ -137,6 +158,14 @@ class LocalEngine:
                                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
                                 stop_strings=list(request.stop) or None)
 
+    @staticmethod
+    def _processors(request: GenerationRequest, prompt_len: int) -> dict:
+        if not request.no_repeat_ngram:
+            return {}
+        from transformers import LogitsProcessorList
+
+        return {"logits_processor": LogitsProcessorList([_no_repeat_processor(request.no_repeat_ngram, prompt_len)])}
+
     def _encode(self, requests: Sequence[GenerationRequest]):
         texts = [self.prompt(r.messages) for r in requests]
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
@@ -144,7 +173,7 @@ class LocalEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.temperature, r.stop), []).append(i)  # adapters mix within a batch
+            groups.setdefault((r.temperature, r.stop, r.no_repeat_ngram), []).append(i)  # adapters mix in a batch
         out: list[Generation | None] = [None] * len(requests)
         with self._lock:
             for idx in groups.values():
@@ -168,6 +197,7 @@ class LocalEngine:
         longest = max(r.max_new_tokens for r in requests)
         t0 = time.perf_counter()
         context, extra = self._adapter_kwargs(requests)
+        extra.update(self._processors(requests[0], enc["input_ids"].shape[1]))
         with torch.inference_mode(), context:
             ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest), **extra,
                                       stopping_criteria=StoppingCriteriaList([FirstToken()]), tokenizer=self.tokenizer)
@@ -194,7 +224,8 @@ class LocalEngine:
         enc = self._encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**enc, generation_config=self._config(request, request.max_new_tokens),
-                      streamer=streamer, tokenizer=self.tokenizer, request=request)
+                      streamer=streamer, tokenizer=self.tokenizer, request=request,
+                      **self._processors(request, enc["input_ids"].shape[1]))
         errors: list[BaseException] = []
         thread = threading.Thread(target=self._generate_for_streamer, args=(errors,), kwargs=kwargs, daemon=True)
         thread.start()

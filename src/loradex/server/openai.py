@@ -4,7 +4,8 @@
   or `domain@version` (that adapter version, a prefix of its hash, `sha256:` optional). The last user message
   is the question. `stream: true` sends server-sent events ending in `data: [DONE]`; the last chunk before
   it carries the checked `answer` (bad citations removed).
-- Answers carry the usual fields plus `citations`, `sources`, `route`, `adapter`, `abstained` and `flagged`.
+- Answers carry the usual fields plus `citations`, `sources`, `route`, `adapter`, `abstained`, `flagged` and
+  `repeated`.
 - A `loradex` object in the body tunes one request: `{"retrieval": false}` (adapter only), `{"k": 6}`.
 - Non-streaming generations go through the Batcher (mixed-adapter batches, bounded queue, 429 when full);
   streams go to the engine directly and count against the same limit.
@@ -40,7 +41,7 @@ __all__ = ["ChatCompletionRequest", "ChatMessage", "LoradexOptions", "model_targ
 router = APIRouter(route_class=GuardedRoute, tags=["openai"])
 State = Annotated[ServerState, Depends(get_state)]
 Key = Annotated[Caller, Depends(require_key)]
-_EXTRAS = ("citations", "sources", "route", "adapter", "abstained", "flagged")
+_EXTRAS = ("citations", "sources", "route", "adapter", "abstained", "flagged", "repeated")
 
 
 class ContentPart(BaseModel):

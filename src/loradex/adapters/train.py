@@ -58,6 +58,15 @@ class TrainSettings:
     seed: int = _setting(0, "Seed of the split, the shuffles and the LoRA initialisation.")
     replay: float = _setting(0.25, "Share of general prompts answered by the base model mixed in against "
                                    "forgetting (0: off; benchmarks/adapter_effect.py).")
+    context: bool = _setting(True, "Train with sources retrieved from the project in each prompt (RAFT-style), "
+                                   "so the adapter answers from them and cites; off: the question alone, for "
+                                   "adapters that only carry tone.")
+    context_k: int = _setting(4, "Sources in each training prompt (as answer.k serves them).")
+    gold_share: float = _setting(0.8, "Share of examples whose sources hold the passages that support the answer; "
+                                      "the rest hold distractors only and learn to say the documents do not "
+                                      "cover it.")
+    distractor_pool: int = _setting(12, "Hits retrieved per question, the supporting passages and the "
+                                        "distractors are drawn from.")
 
 
 @dataclass
@@ -303,14 +312,25 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
 def train(project: Project, domain: str, examples: list[Example], settings: TrainSettings, *,
           progress: Progress | None = None, activate: bool = False) -> tuple[AdapterRef, dict]:
     """Train an adapter for `domain` from `examples`, register it (and activate it when asked); returns the
-    new version and its training metrics. Raises AdapterError for an invalid domain name."""
+    new version and its training metrics. With `settings.context` (the default) each example first gets
+    sources from the project's index (`loradex.adapters.context.with_context`); `metrics["context"]` counts
+    what was built and names the report of the reference sentences no source supports. Raises AdapterError
+    for an invalid domain name."""
     from .registry import check_name
 
     check_name(domain)
     registry = project.registry
     base_dir = project.base_model_dir
     data_hash = data_sha256(examples)
-    work = project.state_dir / "train" / f"{domain}-{run_id(data_hash, settings, registry.base['sha256'])}"
+    context = None
+    if settings.context:
+        from .context import with_context
+
+        context = with_context(project, examples, k=settings.context_k, gold_share=settings.gold_share,
+                               pool=settings.distractor_pool, seed=settings.seed,
+                               domain=domain if domain in project.config.domains else None)
+        examples = context.examples
+    work = project.state_dir / "train" / f"{domain}-{run_id(data_sha256(examples), settings, registry.base['sha256'])}"
     template_file = base_dir / "chat_template.jinja"
     template = template_file.read_text() if template_file.is_file() else ""
     n_domain = len(examples)
@@ -324,6 +344,12 @@ def train(project: Project, domain: str, examples: list[Example], settings: Trai
         examples = mix_replay(examples, pairs, settings.replay, settings.seed)
     result = train_lora(base_dir, examples, work, settings, project.config.name, progress)
     result.metrics["replay_examples"] = len(examples) - n_domain
+    if context is not None:
+        write_text(work / "context_report.json", json.dumps(context.to_dict(), indent=1))
+        result.metrics["context"] = {"with_gold": context.with_gold, "without_gold": context.without_gold,
+                                     "no_gold_found": len(context.no_gold_found),
+                                     "unsupported_sentences": len(context.unsupported),
+                                     "report": str(work / "context_report.json")}
     manifest = {"hyperparameters": asdict(settings), "metrics": result.metrics, "training_data_sha256": data_hash,
                 "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
                 "system_message_sha256": hashlib.sha256(system_message(project.config.name).encode()).hexdigest(),

@@ -16,23 +16,20 @@ from ..adapters.train import TrainSettings
 from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out, progress
 
 adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
-_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "batch_size", "max_seq_len", "save_every", "replay")
+_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "batch_size", "max_seq_len", "save_every", "replay", "context",
+          "context_k", "gold_share", "distractor_pool")
 
 
 def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
           data: Path = typer.Option(..., "--data", help="JSONL: chat messages, alpaca, or prompt/completion."),
-          with_context: bool = typer.Option(False, "--with-context", help="RAFT-style: train with retrieved sources."),
           activate: bool = typer.Option(False, "--activate", help="Activate the new version when done."),
           project: Path = ProjectOpt, as_json: bool = JsonOpt, **settings: Any) -> None:
     """Train a LoRA adapter for a domain and register it (resumes if interrupted)."""
-    from ..adapters.context import with_context as add_context
     from ..adapters.data import load_examples
     from ..adapters.train import train as run_train
 
     proj = open_checked(project)
     examples, dupes = load_examples(data)
-    if with_context:
-        examples = add_context(proj, examples, domain=domain if domain in proj.config.domains else None)
     if dupes and not as_json:
         err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
     with progress("training", "steps", disable=as_json, loss="-") as update:
@@ -42,11 +39,30 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
         emit({"adapter": ref.label, "version": ref.version, "path": str(ref.path), "active": activate,
               "duplicates_dropped": dupes, "metrics": metrics})
         return
+    _print_context(metrics.get("context"))
     out.print(f"registered [bold]{ref.label}[/]{' (active)' if activate else ''}: held-out loss "
               f"{metrics['initial_eval_loss']:.3f} -> {metrics['best_eval_loss']:.3f} "
               f"(best at step {metrics['best_step']}), "
               f"{metrics['steps']} steps in {metrics['seconds']:.0f} s; loss curve: {ref.path / 'loss_curve.png'}",
               highlight=False)
+
+
+def _print_context(context: dict | None) -> None:
+    """What retrieval-aware training built, and the reference sentences no source supports (first five)."""
+    if not context:
+        return
+    out.print(f"sources in every prompt: {context['with_gold']} examples with the passages that support their "
+              f"answer, {context['without_gold']} with distractors only (target: not covered)", highlight=False)
+    report = json.loads(Path(context["report"]).read_text())
+    if report["no_gold_found"]:
+        out.print(f"[yellow]{len(report['no_gold_found'])} example(s) no retrieved passage supports (lines "
+                  f"{', '.join(map(str, report['no_gold_found'][:10]))}): add the documents or fix the answers[/]")
+    bad = report["unsupported_sentences"]
+    if bad:
+        out.print(f"[yellow]{len(bad)} reference sentence(s) no source supports: fine for form or judgement lines, "
+                  f"but a fact there is learned from memory[/] (all in {context['report']}):", highlight=False)
+        for u in bad[:5]:
+            out.print(f"  line {u['line']}: {u['sentence']}", highlight=False)
 
 
 def _settings_parameters() -> list[inspect.Parameter]:
@@ -55,8 +71,9 @@ def _settings_parameters() -> list[inspect.Parameter]:
     params = []
     for name in _FLAGS:
         f = fields[name]
-        kind = {"int | None": Optional[int]}.get(str(f.type), {"int": int, "float": float}.get(str(f.type)))
-        option = typer.Option(f.default, "--" + name.replace("_", "-"), help=f.metadata["help"])
+        kind = {"int | None": Optional[int], "int": int, "float": float, "bool": bool}.get(str(f.type))
+        flag = "--" + name.replace("_", "-")
+        option = typer.Option(f.default, f"{flag}/--no-{flag[2:]}" if kind is bool else flag, help=f.metadata["help"])
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
     return params
 

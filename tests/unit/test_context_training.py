@@ -1,0 +1,99 @@
+"""Retrieval-aware training examples (`loradex.adapters.context`): gold passages among distractors, cited
+targets, "not covered" targets, and the report of reference sentences no source supports."""
+import json
+
+import pytest
+
+from loradex.adapters.context import gold_passages, with_context
+from loradex.adapters.data import Example
+from loradex.ingest.ingest import ingest
+from loradex.project import open_project
+from loradex.prompt import NO_SOURCES
+
+DOCS = {
+    "docs/claims/theft.md": "# Theft\n\nReport a theft to the police within 24 hours of discovering it.\n",
+    "docs/claims/insurer.md": "# Telling us\n\nTell the insurer about a theft within 7 days of the loss.\n",
+    "docs/claims/storm.md": "# Storms\n\nStorm damage to fences and gates is not covered by the home policy.\n",
+    "docs/claims/phone.md": "# Phone line\n\nThe claims line is open 24 hours a day, 7 days a week.\n",
+    "docs/claims/fraud.md": "# Fraud\n\nWe investigate claims that look exaggerated before paying them.\n",
+    "docs/claims/photos.md": "# Photos\n\nUpload photos of the damage in the app, up to 30 files per claim.\n",
+}
+ANSWER = ("Summary: Hurry.\nReport a theft to the police within 24 hours of discovering it.\n"
+          "Tell the insurer about a theft within 7 days of the loss.\nEscalation: NO - routine theft question.")
+
+
+def _example(answer: str, line: int, question: str = "My bike was stolen, who do I tell and by when?") -> Example:
+    return Example(({"role": "user", "content": question}, {"role": "assistant", "content": answer}), line)
+
+
+@pytest.fixture
+def project(project_dir):
+    proj = open_project(project_dir(DOCS, "embedder: hashing\ndomains:\n  claims: {paths: ['docs/claims/**']}\n"))
+    ingest(proj)
+    return proj
+
+
+def test_gold_passages_cover_the_answer_with_the_fewest_hits(project):
+    from loradex.retrieve import search
+
+    hits = search(project.store, project.embedder, "theft police insurer", project.config.retrieval, k=6)
+    golds, unsupported = gold_passages(ANSWER, hits, k=4)
+    assert sorted(hits[i].chunk.source.path for i in golds) == ["docs/claims/insurer.md", "docs/claims/theft.md"]
+    assert unsupported == ["Escalation: NO - routine theft question."]  # "Summary: Hurry." is too short to need one
+
+
+def test_gold_examples_cite_their_passages_and_the_rest_say_not_covered(project):
+    examples = [_example(ANSWER, n) for n in range(1, 41)]
+    report = with_context(project, examples, k=3, gold_share=0.75, pool=6, domain="claims", seed=1)
+    assert report.with_gold + report.without_gold == 40 and 22 <= report.with_gold <= 38
+    for ex in report.examples:
+        user, target = ex.messages[-2]["content"], ex.answer
+        assert user.count("</source") == 3 and user.rstrip().endswith(examples[0].question)
+        if target == NO_SOURCES:  # distractors only: neither supporting passage is in the prompt
+            assert "within 24 hours of discovering" not in user and "within 7 days of the loss" not in user
+            continue
+        sources = {n: user.split(f"<source {n} ")[1].split(f"</source {n}>")[0] for n in (1, 2, 3)}
+        police = next(n for n, t in sources.items() if "police within 24 hours" in t)
+        insurer = next(n for n, t in sources.items() if "insurer about a theft within 7 days" in t)
+        assert f"discovering it. [{police}]" in target and f"of the loss. [{insurer}]" in target
+        assert target.startswith("Summary: Hurry.") and target.endswith("Escalation: NO - routine theft question.")
+    assert [u["line"] for u in report.unsupported] == list(range(1, 41))
+
+
+def test_all_or_nothing_shares_and_bad_settings(project):
+    examples = [_example(ANSWER, 1), _example("Claims about the moon landing are handled by NASA in Houston.", 2,
+                                              "Who handles moon landing claims?")]
+    all_gold = with_context(project, examples, k=2, gold_share=1.0, pool=6, domain="claims")
+    assert all_gold.with_gold == 1 and all_gold.no_gold_found == [2]  # nothing supports line 2: not covered
+    assert all_gold.examples[1].answer == NO_SOURCES
+    assert with_context(project, examples, k=2, gold_share=0.0, pool=6).with_gold == 0
+    given = Example(({"role": "user", "content": "<source 1>x</source 1>\nQuestion: q"},
+                     {"role": "assistant", "content": "a"}), 3)
+    assert with_context(project, [given], k=2, pool=6).examples == [given]
+    for bad in ({"k": 0}, {"k": 5, "pool": 4}, {"gold_share": 1.5}):
+        with pytest.raises(ValueError):
+            with_context(project, examples, **{"k": 2, "pool": 6, **bad})
+
+
+def test_cli_train_builds_sources_by_default_and_reports_unsupported_sentences(project, tmp_path):
+    """`loradex train` on a tiny random model: the manifest records the context settings and counts."""
+    from typer.testing import CliRunner
+
+    from loradex.cli import app
+    from loradex.testing import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny")
+    cfg = project.root / "loradex.yaml"
+    cfg.write_text(cfg.read_text() + f"model: {model}\n")
+    data = tmp_path / "claims.jsonl"
+    rows = [{"messages": list(_example(ANSWER, n, f"Stolen bike {n}: who do I tell?").messages)} for n in range(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "claims", "--data", str(data), "-p", str(project.root), "--max-steps", "1", "--replay", "0",
+            "--context-k", "2", "--distractor-pool", "6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "reference sentence(s) no source supports" in result.output and "line 1: Escalation: NO" in result.output
+    ctx = json.loads(CliRunner().invoke(app, [*args, "--json", "--lr", "1e-3"]).stdout)["metrics"]["context"]
+    assert ctx["with_gold"] + ctx["without_gold"] == 6 and ctx["unsupported_sentences"] == 6
+    plain = json.loads(CliRunner().invoke(app, [*args, "--json", "--no-context"]).stdout)["metrics"]
+    assert "context" not in plain

@@ -97,3 +97,19 @@ def test_cli_train_builds_sources_by_default_and_reports_unsupported_sentences(p
     assert ctx["with_gold"] + ctx["without_gold"] == 6 and ctx["unsupported_sentences"] == 6
     plain = json.loads(CliRunner().invoke(app, [*args, "--json", "--no-context"]).stdout)["metrics"]
     assert "context" not in plain
+
+
+def test_cli_train_check_reports_without_training(project, tmp_path):
+    from typer.testing import CliRunner
+
+    from loradex.cli import app
+
+    data = tmp_path / "claims.jsonl"
+    rows = [{"messages": list(_example(ANSWER, n, f"Stolen bike {n}: who do I tell?").messages)} for n in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "claims", "--data", str(data), "-p", str(project.root), "--check", "--distractor-pool", "6"]
+    report = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert report["examples"] == 3 and [u["line"] for u in report["unsupported_sentences"]] == [1, 2, 3]
+    text = CliRunner().invoke(app, args).output
+    assert "line 3: Escalation: NO - routine theft question." in text
+    assert not (project.state_dir / "train").exists() and project.registry.versions() == []

@@ -23,6 +23,8 @@ _FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "batch_size", "max_seq_l
 def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
           data: Path = typer.Option(..., "--data", help="JSONL: chat messages, alpaca, or prompt/completion."),
           activate: bool = typer.Option(False, "--activate", help="Activate the new version when done."),
+          check: bool = typer.Option(False, "--check", help=(
+              "Build the training examples and report what no source supports, without training.")),
           project: Path = ProjectOpt, as_json: bool = JsonOpt, **settings: Any) -> None:
     """Train a LoRA adapter for a domain and register it (resumes if interrupted)."""
     from ..adapters.data import load_examples
@@ -32,6 +34,9 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
     examples, dupes = load_examples(data)
     if dupes and not as_json:
         err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
+    if check:
+        _check(proj, domain, examples, TrainSettings(**settings), as_json)
+        return
     with progress("training", "steps", disable=as_json, loss="-") as update:
         ref, metrics = run_train(proj, domain, examples, TrainSettings(**settings), activate=activate,
                                  progress=lambda step, total, loss: update(step, total, loss=f"{loss:.3f}"))
@@ -39,7 +44,8 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
         emit({"adapter": ref.label, "version": ref.version, "path": str(ref.path), "active": activate,
               "duplicates_dropped": dupes, "metrics": metrics})
         return
-    _print_context(metrics.get("context"))
+    if metrics.get("context"):
+        _print_context(json.loads(Path(metrics["context"]["report"]).read_text()), metrics["context"]["report"])
     out.print(f"registered [bold]{ref.label}[/]{' (active)' if activate else ''}: held-out loss "
               f"{metrics['initial_eval_loss']:.3f} -> {metrics['best_eval_loss']:.3f} "
               f"(best at step {metrics['best_step']}), "
@@ -47,21 +53,34 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
               highlight=False)
 
 
-def _print_context(context: dict | None) -> None:
+def _check(proj: Any, domain: str, examples: list, settings: TrainSettings, as_json: bool) -> None:
+    """`train --check`: the retrieval-aware examples' report, no training."""
+    from ..adapters.context import with_context
+
+    if not settings.context:
+        raise typer.BadParameter("--check reports on retrieval-aware examples; drop --no-context")
+    report = with_context(proj, examples, k=settings.context_k, gold_share=settings.gold_share,
+                          pool=settings.distractor_pool, seed=settings.seed,
+                          domain=domain if domain in proj.config.domains else None).to_dict()
+    if as_json:
+        emit({"examples": len(examples), **report})
+    else:
+        _print_context(report)
+
+
+def _print_context(report: dict, where: str | None = None) -> None:
     """What retrieval-aware training built, and the reference sentences no source supports (first five)."""
-    if not context:
-        return
-    out.print(f"sources in every prompt: {context['with_gold']} examples with the passages that support their "
-              f"answer, {context['without_gold']} with distractors only (target: not covered)", highlight=False)
-    report = json.loads(Path(context["report"]).read_text())
+    out.print(f"sources in every prompt: {report['with_gold']} examples with the passages that support their "
+              f"answer, {report['without_gold']} with distractors only (target: not covered)", highlight=False)
     if report["no_gold_found"]:
         out.print(f"[yellow]{len(report['no_gold_found'])} example(s) no retrieved passage supports (lines "
                   f"{', '.join(map(str, report['no_gold_found'][:10]))}): add the documents or fix the answers[/]")
     bad = report["unsupported_sentences"]
     if bad:
         out.print(f"[yellow]{len(bad)} reference sentence(s) no source supports: fine for form or judgement lines, "
-                  f"but a fact there is learned from memory[/] (all in {context['report']}):", highlight=False)
-        for u in bad[:5]:
+                  f"but a fact there is learned from memory[/]{f' (all in {where})' if where else ''}:",
+                  highlight=False)
+        for u in bad[: 5 if where else None]:
             out.print(f"  line {u['line']}: {u['sentence']}", highlight=False)
 
 

@@ -113,3 +113,38 @@ def test_cli_train_check_reports_without_training(project, tmp_path):
     text = CliRunner().invoke(app, args).output
     assert "line 3: Escalation: NO - routine theft question." in text
     assert not (project.state_dir / "train").exists() and project.registry.versions() == []
+
+
+def test_a_prepared_job_trained_elsewhere_imports_with_its_record(project, tmp_path):
+    """`train --prepare` here, `loradex.adapters.remote` on "another machine" (a bare folder with the model),
+    `adapters import` back: the adapter validates against the project's base and keeps its training record."""
+    from typer.testing import CliRunner
+
+    from loradex.adapters.remote import run_job
+    from loradex.cli import app
+    from loradex.testing import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny")
+    cfg = project.root / "loradex.yaml"
+    cfg.write_text(cfg.read_text() + f"model: {model}\n")
+    data = tmp_path / "claims.jsonl"
+    rows = [{"messages": list(_example(ANSWER, n, f"Stolen bike {n}: who do I tell?").messages)} for n in range(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job_dir = tmp_path / "job"
+    r = CliRunner().invoke(app, ["train", "claims", "--data", str(data), "-p", str(project.root), "--prepare",
+                                 str(job_dir), "--max-steps", "2", "--replay", "0.5", "--distractor-pool", "6",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)
+    assert job["examples"] == 6 and job["context"]["with_gold"] + job["context"]["without_gold"] == 6
+    assert all("<source 1" in json.loads(line)["messages"][1]["content"]
+               for line in (job_dir / "examples.jsonl").read_text().splitlines())
+    adapter = run_job(job_dir, model)
+    r = CliRunner().invoke(app, ["adapters", "import", str(adapter), "--domain", "claims", "-p", str(project.root)])
+    assert r.exit_code == 0, r.output
+    ref = open_project(project.root).registry.resolve("claims", project.registry.versions()[0]["version"])
+    manifest = json.loads((ref.path / "manifest.json").read_text())
+    assert manifest["hyperparameters"]["context"] is True and manifest["hyperparameters"]["max_steps"] == 2
+    assert manifest["metrics"]["steps"] == 2 and manifest["metrics"]["replay_examples"] == 3
+    assert manifest["metrics"]["context"] == job["context"]
+    assert manifest["training_data_sha256"] == job["training_data_sha256"]

@@ -60,6 +60,25 @@ def test_every_mode_is_scored_and_a_rerun_answers_from_the_cache(project):
     assert engine.calls == calls and [r["metrics"] for r in again] == [r["metrics"] for r in rows]
 
 
+def test_a_change_recomputes_only_the_modes_it_touches(project):
+    from loradex.evaluate.run import state_key
+
+    proj, engine, path = project
+    qs = load_questions(path)
+    evaluate(proj, qs, ["base", "rag", "oracle"])
+    before = {m: state_key(proj, m) for m in ("base", "rag", "oracle", "adapter", "hybrid")}
+    (proj.root / "docs/claims/theft.txt").write_text("Theft\n\nCall the police within 12 hours.\n")
+    ingest(proj)  # a document changed: modes with sources answer again, base does not
+    after = {m: state_key(proj, m) for m in before}
+    assert after["base"] == before["base"] and after["adapter"] == before["adapter"]
+    assert all(after[m] != before[m] for m in ("rag", "oracle", "hybrid"))
+    calls = engine.calls
+    rows = evaluate(proj, qs, ["base", "rag"])
+    assert engine.calls - calls == 1  # theft under rag; the off-topic bread abstains without generating
+    theft = next(r for r in rows if r["mode"] == "rag" and r["id"] == "theft")
+    assert "Call the police within 12 hours" in theft["answer"]
+
+
 def test_summary_has_intervals_and_paired_differences_from_rag(project):
     proj, _, path = project
     rows = evaluate(proj, load_questions(path), ["base", "rag"])

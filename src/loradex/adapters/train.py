@@ -1,4 +1,4 @@
-"""LoRA training with PEFT on the project's base model.
+"""LoRA training with PEFT on the project's base model, on a CUDA GPU when there is one, else on the CPU.
 
 Loss is on the answer tokens only; prompts use the serving chat template and system message. A held-out
 split is evaluated after each epoch (and at the end of a capped run), the best adapter is kept (not the
@@ -27,6 +27,7 @@ from .data import Example, data_sha256
 
 if TYPE_CHECKING:
     from ..project import Project
+    from .context import ContextReport
     from .registry import AdapterRef
 
 Progress = Callable[[int, int, float], None]  # step, total steps, latest loss
@@ -99,7 +100,7 @@ def split_holdout(examples: list[Example], fraction: float, seed: int) -> tuple[
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
-def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int, torch):
+def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int, torch, device: Any = "cpu"):
     for s in range(0, len(rows), size):
         chunk = rows[s : s + size]
         width = max(len(ids) for ids, _ in chunk)
@@ -110,14 +111,14 @@ def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int, torch
             ids[i, : len(x)] = torch.tensor(x)
             labels[i, : len(y)] = torch.tensor(y)
             mask[i, : len(x)] = 1
-        yield ids, labels, mask
+        yield ids.to(device), labels.to(device), mask.to(device)
 
 
 def _eval_loss(model, rows, settings: TrainSettings, pad: int, torch) -> float:
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for ids, labels, mask in _batches(rows, settings.batch_size, pad, torch):
+        for ids, labels, mask in _batches(rows, settings.batch_size, pad, torch, next(model.parameters()).device):
             n = int((labels[:, 1:] != -100).sum())
             total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
             tokens += n
@@ -211,7 +212,7 @@ def _start(model_dir: Path, examples: list[Example], work_dir: Path, settings: T
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora)
+    model = get_peft_model(base, lora).to("cuda" if torch.cuda.is_available() else "cpu")
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(settings.warmup_steps, total), total)
@@ -228,7 +229,7 @@ def _resume(run: _Run, ckpt: Path, torch) -> None:
         return
     run.state = json.loads((ckpt / "state.json").read_text())
     set_peft_model_state_dict(run.model, load_file(str(ckpt / "adapter_model.safetensors")))
-    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=next(run.model.parameters()).device)
     run.optimizer.load_state_dict(opt["optimizer"])
     run.scheduler.load_state_dict(opt["scheduler"])
 
@@ -255,7 +256,8 @@ def _loop(run: _Run, ckpt: Path, t_start: float, progress: Progress | None, torc
         order = list(range(len(run.train_rows)))
         random.Random(settings.seed + epoch).shuffle(order)
         rows = [run.train_rows[i] for i in order]
-        for ids, labels, mask in list(_batches(rows, settings.batch_size, run.pad, torch))[offset:]:
+        device = next(run.model.parameters()).device
+        for ids, labels, mask in list(_batches(rows, settings.batch_size, run.pad, torch, device))[offset:]:
             loss = _step(run, ids, labels, mask, torch)
             state["step"] += 1
             state["train_tokens"] += int(mask.sum())
@@ -309,52 +311,75 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
     return TrainResult(metrics, run.best_dir, run.state["history"])
 
 
+def with_replay(examples: list[Example], settings: TrainSettings, system: str, cache: Path | None, base_sha: str,
+                base_dir: Path) -> list[Example]:
+    """`examples` with the replay share of general prompts answered greedily by the bare base model in
+    `base_dir` (cached per base model and system message under `cache`)."""
+    if settings.replay <= 0:
+        return examples
+    from ..engine.local import LocalEngine
+    from .replay import base_answers, mix_replay
+
+    pairs = base_answers(None, system, cache, base_sha, engine_factory=lambda: LocalEngine(base_dir))
+    return mix_replay(examples, pairs, settings.replay, settings.seed)
+
+
+def training_record(settings: TrainSettings, metrics: dict, data_hash: str, base_dir: Path, system: str) -> dict:
+    """The manifest's training record: settings, metrics and the hashes of the data, chat template and system
+    message the adapter was trained under."""
+    template_file = base_dir / "chat_template.jinja"
+    template = template_file.read_text() if template_file.is_file() else ""
+    return {"hyperparameters": asdict(settings), "metrics": metrics, "training_data_sha256": data_hash,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "system_message_sha256": hashlib.sha256(system.encode()).hexdigest(), "created_at": time.time()}
+
+
+def prepare_examples(project: Project, domain: str, examples: list[Example],
+                     settings: TrainSettings) -> tuple[list[Example], ContextReport | None]:
+    """The examples as training will see them: with sources from the project's index when `settings.context`
+    (`loradex.adapters.context.with_context`), else unchanged; and the context report (None without)."""
+    if not settings.context:
+        return examples, None
+    from .context import with_context
+
+    report = with_context(project, examples, k=settings.context_k, gold_share=settings.gold_share,
+                          pool=settings.distractor_pool, seed=settings.seed,
+                          domain=domain if domain in project.config.domains else None)
+    return report.examples, report
+
+
+def context_summary(report: ContextReport, path: Path) -> dict:
+    """The counts of `report` for the metrics, its full form written to `path`."""
+    write_text(path, json.dumps(report.to_dict(), indent=1))
+    return {"with_gold": report.with_gold, "without_gold": report.without_gold,
+            "no_gold_found": len(report.no_gold_found), "unsupported_sentences": len(report.unsupported),
+            "report": str(path)}
+
+
 def train(project: Project, domain: str, examples: list[Example], settings: TrainSettings, *,
           progress: Progress | None = None, activate: bool = False) -> tuple[AdapterRef, dict]:
     """Train an adapter for `domain` from `examples`, register it (and activate it when asked); returns the
     new version and its training metrics. With `settings.context` (the default) each example first gets
-    sources from the project's index (`loradex.adapters.context.with_context`); `metrics["context"]` counts
-    what was built and names the report of the reference sentences no source supports. Raises AdapterError
-    for an invalid domain name."""
+    sources from the project's index (`prepare_examples`); `metrics["context"]` counts what was built and
+    names the report of the reference sentences no source supports. Raises AdapterError for an invalid
+    domain name."""
     from .registry import check_name
 
     check_name(domain)
     registry = project.registry
     base_dir = project.base_model_dir
     data_hash = data_sha256(examples)
-    context = None
-    if settings.context:
-        from .context import with_context
-
-        context = with_context(project, examples, k=settings.context_k, gold_share=settings.gold_share,
-                               pool=settings.distractor_pool, seed=settings.seed,
-                               domain=domain if domain in project.config.domains else None)
-        examples = context.examples
+    examples, context = prepare_examples(project, domain, examples, settings)
     work = project.state_dir / "train" / f"{domain}-{run_id(data_sha256(examples), settings, registry.base['sha256'])}"
-    template_file = base_dir / "chat_template.jinja"
-    template = template_file.read_text() if template_file.is_file() else ""
+    system = system_message(project.config.name)
     n_domain = len(examples)
-    if settings.replay > 0:
-        from ..engine.local import LocalEngine
-        from .replay import base_answers, mix_replay
-
-        cache = project.state_dir / "replay"
-        pairs = base_answers(None, system_message(project.config.name), cache, registry.base["sha256"],
-                             engine_factory=lambda: LocalEngine(base_dir))
-        examples = mix_replay(examples, pairs, settings.replay, settings.seed)
+    examples = with_replay(examples, settings, system, project.state_dir / "replay", registry.base["sha256"], base_dir)
     result = train_lora(base_dir, examples, work, settings, project.config.name, progress)
     result.metrics["replay_examples"] = len(examples) - n_domain
     if context is not None:
-        write_text(work / "context_report.json", json.dumps(context.to_dict(), indent=1))
-        result.metrics["context"] = {"with_gold": context.with_gold, "without_gold": context.without_gold,
-                                     "no_gold_found": len(context.no_gold_found),
-                                     "unsupported_sentences": len(context.unsupported),
-                                     "report": str(work / "context_report.json")}
-    manifest = {"hyperparameters": asdict(settings), "metrics": result.metrics, "training_data_sha256": data_hash,
-                "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-                "system_message_sha256": hashlib.sha256(system_message(project.config.name).encode()).hexdigest(),
-                "created_at": time.time()}
-    ref = registry.register(result.adapter_dir, domain, manifest)
+        result.metrics["context"] = context_summary(context, work / "context_report.json")
+    ref = registry.register(result.adapter_dir, domain, training_record(settings, result.metrics, data_hash,
+                                                                         base_dir, system))
     if activate:
         registry.activate(domain, ref.version)
     shutil.rmtree(work / "checkpoint", ignore_errors=True)  # the run is complete; keep result.json and best/

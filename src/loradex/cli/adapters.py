@@ -25,6 +25,9 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
           activate: bool = typer.Option(False, "--activate", help="Activate the new version when done."),
           check: bool = typer.Option(False, "--check", help=(
               "Build the training examples and report what no source supports, without training.")),
+          prepare: Optional[Path] = typer.Option(None, "--prepare", help=(
+              "Write the training job to this folder instead of training (train it on another machine with "
+              "`python -m loradex.adapters.remote DIR MODEL_DIR`, then `loradex adapters import DIR/adapter`).")),
           project: Path = ProjectOpt, as_json: bool = JsonOpt, **settings: Any) -> None:
     """Train a LoRA adapter for a domain and register it (resumes if interrupted)."""
     from ..adapters.data import load_examples
@@ -36,6 +39,17 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
         err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
     if check:
         _check(proj, domain, examples, TrainSettings(**settings), as_json)
+        return
+    if prepare is not None:
+        from ..adapters.remote import prepare_job
+
+        job = prepare_job(proj, domain, examples, TrainSettings(**settings), prepare)
+        if as_json:
+            emit(job)
+        else:
+            out.print(f"wrote {job['examples']} examples and job.json to {prepare}; train them on the other machine "
+                      f"with `python -m loradex.adapters.remote {prepare} MODEL_DIR`, then `loradex adapters import "
+                      f"{prepare}/adapter --domain {domain}`", highlight=False)
         return
     with progress("training", "steps", disable=as_json, loss="-") as update:
         ref, metrics = run_train(proj, domain, examples, TrainSettings(**settings), activate=activate,

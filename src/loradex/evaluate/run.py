@@ -3,9 +3,9 @@
 Modes: `base` (no sources, no adapter), `rag` (all sources, base model), `adapter` (the routed domain's
 adapter, no sources), `hybrid` (route, the domain's sources and adapter: the product), `oracle` (the gold
 documents as the only sources, base model, never abstaining: the ceiling for reading). Every answer is greedy
-as configured, and cached under `.loradex/eval/` by the question, the mode and the state it depends on (model,
-engine and answer settings, active adapter versions, document versions, router), so a rerun after a change
-recomputes only what the change touches.
+as configured, and cached under `.loradex/eval/` by the question, the mode and the state that mode depends on
+(`state_key`: model, engine and answer settings; document versions for modes with sources; active adapter
+versions and the router for modes with an adapter), so a rerun after a change recomputes only what it touches.
 """
 from __future__ import annotations
 
@@ -61,15 +61,22 @@ def _ask(project: Project, q: Question, mode: str) -> Answer | None:
                   min_dense_score=-1.0)
 
 
-def state_key(project: Project) -> str:
-    """A hash of what answers depend on besides the question and mode."""
+def state_key(project: Project, mode: str = "hybrid") -> str:
+    """A hash of what `mode`'s answers depend on besides the question: the model, engine and answer settings
+    for every mode (settings left at their defaults are not counted, so a new setting does not void the
+    cache); the documents and retrieval settings for modes with sources; the active adapters and the router
+    for modes with an adapter."""
     cfg = project.config
-    adapters = sorted((p.parent.name, p.read_text()) for p in (project.state_dir / "adapters").glob("*/active.json"))
-    docs = {d: m["version"] for d, m in project.load_manifest()["documents"].items()}
-    router = project.state_dir / "router.json"
-    blob = [cfg.model, cfg.engine, cfg.embedder, cfg.answer.model_dump(), cfg.retrieval.model_dump(),
-            adapters, docs, json.loads(router.read_text()).get("key") if router.is_file() else None]
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    blob: list = [cfg.name, cfg.model, cfg.engine, cfg.answer.model_dump(exclude_defaults=True)]
+    if mode != "adapter" and mode != "base":
+        docs = {d: m["version"] for d, m in project.load_manifest()["documents"].items()}
+        blob += [cfg.embedder, cfg.retrieval.model_dump(exclude_defaults=True), docs]
+    if mode in ("adapter", "hybrid"):
+        adapters = sorted((p.parent.name, p.read_text())
+                          for p in (project.state_dir / "adapters").glob("*/active.json"))
+        router = project.state_dir / "router.json"
+        blob += [adapters, json.loads(router.read_text()).get("key") if router.is_file() else None]
+    return hashlib.sha256(json.dumps([mode, blob], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _format_of(project: Project, q: Question, routed: str | None) -> str | None:
@@ -118,11 +125,12 @@ def evaluate(project: Project, questions: Sequence[Question], modes: Sequence[st
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise QueryError(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
-    cache, key = project.state_dir / "eval" / "answers", state_key(project)
+    cache = project.state_dir / "eval" / "answers"
+    keys = {mode: state_key(project, mode) for mode in modes}
     rows, done, total = [], 0, len(questions) * len(modes)
     for q in questions:
         for mode in modes:
-            item = hashlib.sha256(json.dumps([key, mode, q.question, q.gold_docs]).encode()).hexdigest()[:24]
+            item = hashlib.sha256(json.dumps([keys[mode], q.question, q.gold_docs]).encode()).hexdigest()[:24]
             path = cache / f"{item}.json"
             result: Answer | None
             if path.is_file():

@@ -353,6 +353,7 @@ def context_summary(report: ContextReport, path: Path) -> dict:
     write_text(path, json.dumps(report.to_dict(), indent=1))
     return {"with_gold": report.with_gold, "without_gold": report.without_gold,
             "no_gold_found": len(report.no_gold_found), "unsupported_sentences": len(report.unsupported),
+            "kept_as_given": report.kept,
             "report": str(path)}
 
 

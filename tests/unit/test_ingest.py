@@ -70,6 +70,24 @@ def test_reingest_of_unchanged_files_does_no_work(project_dir):
     assert proj2.store.count() == count
 
 
+def test_a_new_chunk_bound_or_chunker_rechunks_every_document_once(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    proj = _open(root)
+    ingest(proj)
+    assert proj.load_manifest()["chunker"].endswith(":220")
+    cfg = root / "loradex.yaml"
+    cfg.write_text(cfg.read_text() + "chunking: {max_tokens: 64}\n")
+    proj = _open(root)
+    report = ingest(proj)
+    assert sorted(report.updated) == sorted(DOCS) and report.unchanged == []
+    assert proj.load_manifest()["chunker"].endswith(":64")
+    assert sorted(ingest(_open(root)).unchanged) == sorted(DOCS)  # once
+    manifest = proj.load_manifest()
+    manifest["chunker"] = "1:64"  # an index an older loradex chunked
+    proj.save_manifest(manifest)
+    assert sorted(ingest(_open(root)).updated) == sorted(DOCS)
+
+
 def test_changed_file_replaces_its_chunks_and_version(project_dir):
     root = project_dir(DOCS, CONFIG)
     proj = _open(root)

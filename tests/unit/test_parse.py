@@ -59,6 +59,18 @@ def test_plain_text_headings_and_paragraphs():
     ]
 
 
+def test_plain_text_sections_keep_the_document_title_above_them():
+    """The example's theft guide: an all-capitals title, a subtitle, then sections. Each section's passage
+    must still say it is about theft (its heading path is embedded with it), or a question about a stolen bike
+    never finds "Two deadlines you must meet"."""
+    text = ("THEFT AND BURGLARY CLAIMS\n\nHarbor Mutual - Claims Guide\n\nRead this first.\n\n"
+            "Two deadlines you must meet\n\nPolice within 24 hours.\n\nFIRE CLAIMS\n\nCall us.\n")
+    paths = {doc_text: path for _, doc_text, path in _blocks(parse_bytes(text.encode(), "text"))}
+    assert paths["Read this first."] == ("THEFT AND BURGLARY CLAIMS", "Harbor Mutual - Claims Guide")
+    assert paths["Police within 24 hours."] == ("THEFT AND BURGLARY CLAIMS", "Two deadlines you must meet")
+    assert paths["Call us."] == ("FIRE CLAIMS",)  # a new title in capitals starts over
+
+
 def test_html_headings_lists_tables_and_no_scripts():
     html = """<html><head><title>t</title><script>var x = 'secret';</script></head><body>
     <h1>Motor cover</h1><p>Three levels of &amp; cover.</p>
@@ -81,7 +93,7 @@ def test_pdf_pages_and_text():
     by_text = {doc.text[b.start:b.end]: b for b in doc.blocks}
     assert by_text["Send the form within 14 days."].page == 1
     assert by_text["Payment in 5 days."].page == 2
-    assert by_text["Payment in 5 days."].heading_path == ("Page two",)
+    assert by_text["Payment in 5 days."].heading_path == ("Claim form guide", "Page two")  # the title stays above
 
 
 def test_docx_headings_lists_and_table_in_order():

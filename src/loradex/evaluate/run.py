@@ -69,8 +69,9 @@ def state_key(project: Project, mode: str = "hybrid") -> str:
     cfg = project.config
     blob: list = [cfg.name, cfg.model, cfg.engine, cfg.answer.model_dump(exclude_defaults=True)]
     if mode != "adapter" and mode != "base":
-        docs = {d: m["version"] for d, m in project.load_manifest()["documents"].items()}
-        blob += [cfg.embedder, cfg.retrieval.model_dump(exclude_defaults=True), docs]
+        manifest = project.load_manifest()
+        docs = {d: m["version"] for d, m in manifest["documents"].items()}
+        blob += [cfg.embedder, cfg.retrieval.model_dump(exclude_defaults=True), docs, manifest.get("chunker")]
     if mode in ("adapter", "hybrid"):
         adapters = sorted((p.parent.name, p.read_text())
                           for p in (project.state_dir / "adapters").glob("*/active.json"))

@@ -38,6 +38,12 @@ class BlockBuilder:
         self.path: list[tuple[int, str]] = []
         self.page = page
 
+    def plain_level(self, line: str) -> int:
+        """The level of a heading found in plain text, which marks none: the document's first heading and any
+        line in capitals are titles (1), the rest sections (2), so a section keeps its document's title in
+        its heading path."""
+        return 1 if not self.path or line.isupper() else 2
+
     def heading(self, level: int, title: str, start: int, end: int) -> None:
         self.path = [(lv, t) for lv, t in self.path if lv < level] + [(level, title)]
         self.add("heading", start, end, level)
@@ -99,7 +105,8 @@ def scan(text: str, *, markdown: bool, offset: int = 0, page: int | None = None,
                 break
             j += 1
         if not markdown and j == i and heading_like(line):
-            blocks.heading(1, line.strip(), offset + s + (len(line) - len(line.lstrip())), offset + e)
+            blocks.heading(blocks.plain_level(line), line.strip(), offset + s + (len(line) - len(line.lstrip())),
+                           offset + e)
         else:
             blocks.add("paragraph", offset + s + (len(line) - len(line.lstrip())), offset + lines[j][1])
         i = j + 1

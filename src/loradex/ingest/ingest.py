@@ -4,7 +4,8 @@ A document's version is the SHA-256 of its bytes. An unchanged file (same hash, 
 costs a read and a hash; a changed one is parsed, chunked, embedded and swapped in with one store
 commit per batch, after which the manifest is rewritten atomically. A crash between the two only
 makes the next run redo that batch. A file that cannot be read is reported and skipped; whatever
-was indexed for it before stays. `prune` removes documents whose files are gone.
+was indexed for it before stays. `prune` removes documents whose files are gone. When the way documents are
+chunked changes (`CHUNKER_VERSION`, or `chunking.max_tokens`), the next run re-chunks every document.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from ..errors import IndexMismatch, ParseError, QueryError
 from ..types import Chunk, DocMeta, ParsedDocument, Source
 from .chunk import chunk_document
 from .parse import detect_format, parse_bytes
+
+CHUNKER_VERSION = 2  # 2: plain-text headings keep the document's title above their section
 
 if TYPE_CHECKING:
     from ..embed import Embedder
@@ -145,7 +148,9 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
         manifest["embedder"] = name
         known = manifest.setdefault("documents", {})
         files = walk(roots, report.skipped)
-        pending = list(_changed(project, files, known, report))
+        chunker = f"{CHUNKER_VERSION}:{project.config.chunking.max_tokens}"
+        rechunk = manifest.get("chunker") != chunker  # a new chunker or bound re-chunks every document
+        pending = list(_changed(project, files, known, report, rechunk=rechunk))
 
         def on_commit(batch: list[PendingDoc], chunks: list[Chunk]) -> None:
             counts = Counter(c.doc_id for c in chunks)
@@ -164,6 +169,9 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
                                             on_commit=on_commit, progress=progress, total=len(pending))
         if prune:
             _prune(project, roots, files, manifest, report)
+        if manifest.get("chunker") != chunker and not any(r[0] in known for r in report.skipped):
+            manifest["chunker"] = chunker  # every document is chunked the current way
+            project.save_manifest(manifest)
         if report.added or report.updated or report.removed:
             project.store.build_indexes()
             project.forget_router()  # its scope reads the domains' passages
@@ -171,7 +179,8 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
     return report
 
 
-def _changed(project: Project, files: list[Path], known: dict, report: IngestReport) -> Iterable[PendingDoc]:
+def _changed(project: Project, files: list[Path], known: dict, report: IngestReport, *,
+             rechunk: bool = False) -> Iterable[PendingDoc]:
     for f in files:
         doc_id = project.doc_id(f)
         try:
@@ -183,7 +192,7 @@ def _changed(project: Project, files: list[Path], known: dict, report: IngestRep
         version = hashlib.sha256(data).hexdigest()[:16]
         meta = project.meta_for(doc_id)
         old = known.get(doc_id)
-        if old and old["version"] == version and old.get("domain") == meta.domain \
+        if old and not rechunk and old["version"] == version and old.get("domain") == meta.domain \
                 and old.get("tags") == list(meta.tags) and old.get("groups") == list(meta.groups):
             report.unchanged.append(doc_id)
             continue

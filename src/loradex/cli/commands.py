@@ -179,7 +179,9 @@ def _print_sources(result: Answer) -> None:
                    "[green]verified[/] [dim](citation added by loradex)[/]" if c.added else "[green]verified[/]")
              for c in result.citations}
     if result.abstained:
-        out.print("[yellow](abstained: no passage was close enough to the question)[/]")
+        why = ("the model found no answer in the sources" if result.usage.get("completion_tokens") else
+               "no passage was close enough to the question")
+        out.print(f"[yellow](abstained: {why})[/]")
     if result.repeated:
         out.print(f"[yellow]removed {len(result.repeated)} repeated sentence(s): the model looped[/]", highlight=False)
     for f in result.flagged:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from .cite import Verification, drop_repeats, verify
 from .engine import GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
-from .retrieve import search
+from .retrieve import search, widen
 from .types import Answer, Citation, Filters, Hit, Route, SourceRef
 
 if TYPE_CHECKING:
@@ -122,7 +122,10 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
                     {"role": "user", "content": question})
         request = GenerationRequest(messages, cfg.max_new_tokens, (), cfg.temperature, adapter, cfg.no_repeat_ngram)
         return Prepared(question, chosen, adapter, [], (), request, None, timings, {})
-    hits = search(project.store, project.embedder, question, project.config.retrieval, k=k or cfg.k, filters=filters)
+    n = k or cfg.k
+    hits = search(project.store, project.embedder, question, project.config.retrieval,
+                  k=n * (2 if cfg.window else 1), filters=filters)  # widening merges neighbours: fetch spares
+    hits = widen(project.store, hits, cfg.window, cfg.passage_chars)[:n]
     timings["retrieve"] = (time.perf_counter() - t0) * 1000
     best = max((h.dense_score or 0.0 for h in hits), default=0.0)
     sources = tuple(SourceRef.from_hit(n, h) for n, h in enumerate(hits, start=1))
@@ -130,7 +133,8 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
     if best < (cfg.min_dense_score if min_dense_score is None else min_dense_score):
         early = Answer(question, NO_SOURCES, (), sources, True, (), timings, usage, chosen, adapter)
         return Prepared(question, chosen, adapter, hits, sources, None, early, timings, usage)
-    request = GenerationRequest(tuple(build_messages(question, hits, project.config.name)), cfg.max_new_tokens,
+    request = GenerationRequest(tuple(build_messages(question, hits, project.config.name, cfg.passage_chars)),
+                                cfg.max_new_tokens,
                                 _SOURCE_STOPS, cfg.temperature, adapter, cfg.no_repeat_ngram)
     return Prepared(question, chosen, adapter, hits, sources, request, None, timings, usage)
 

@@ -23,7 +23,7 @@ def system_message(name: str) -> str:
     return SYSTEM.format(name=name)
 
 
-def format_sources(hits: Sequence[Hit], max_chars: int = 1200) -> str:
+def format_sources(hits: Sequence[Hit], max_chars: int = 1600) -> str:
     blocks = []
     for n, hit in enumerate(hits, start=1):
         text = " ".join(hit.chunk.text.split())[:max_chars]
@@ -31,6 +31,6 @@ def format_sources(hits: Sequence[Hit], max_chars: int = 1200) -> str:
     return "\n\n".join(blocks)
 
 
-def build_messages(question: str, hits: Sequence[Hit], name: str) -> list[dict]:
-    user = f"Sources:\n\n{format_sources(hits)}\n\nQuestion: {question.strip()}"
+def build_messages(question: str, hits: Sequence[Hit], name: str, max_chars: int = 1600) -> list[dict]:
+    user = f"Sources:\n\n{format_sources(hits, max_chars)}\n\nQuestion: {question.strip()}"
     return [{"role": "system", "content": system_message(name)}, {"role": "user", "content": user}]

@@ -6,7 +6,7 @@ and ranks so a user can see why it was returned.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import QueryError
@@ -71,3 +71,40 @@ def search(store: Store, embedder: Embedder, query: str, settings: RetrievalConf
     if mode == "bm25":
         return [Hit(r.chunk, r.score, None, r.score, None, r.rank) for r in bm25.values()][:k]
     return fuse(dense, bm25, settings)[:k]
+
+
+def widen(store: Store, hits: list[Hit], window: int, max_chars: int = 1600) -> list[Hit]:
+    """Each hit's passage widened by up to `window` neighbouring chunks of its document on each side, nearest
+    first, while the passage stays within `max_chars` characters (the hit itself always stays whole): a
+    question often matches the chunk next to the one that answers it (a procedure's first steps, and its
+    deadlines one section up). A hit whose chunk an earlier, better-ranked passage already holds is dropped, so
+    no text is given twice; order is kept. The widened hit keeps its id, score and heading path; its text joins
+    the chunks in document order and its span runs from the first to the last. `window` 0 returns `hits`.
+    This is the "sentence window" idea (a small unit to match, a larger one to read) applied to chunks."""
+    if window <= 0:
+        return hits
+    docs: dict[str, dict[int, Chunk]] = {}
+    given: dict[str, set[int]] = {}
+    out = []
+    for hit in hits:
+        c = hit.chunk
+        taken = given.setdefault(c.doc_id, set())
+        if c.ordinal in taken:
+            continue
+        doc = docs.setdefault(c.doc_id, {x.ordinal: x for x in store.chunks(c.doc_id)})
+        chosen, size = [c], len(c.text)
+        for step in range(1, window + 1):
+            for o in (c.ordinal - step, c.ordinal + step):
+                n = doc.get(o)
+                if n is not None and o not in taken and n.doc_version == c.doc_version \
+                        and size + len(n.text) + 2 <= max_chars:
+                    chosen.append(n)
+                    size += len(n.text) + 2
+        chosen.sort(key=lambda x: x.ordinal)
+        taken.update(x.ordinal for x in chosen)
+        if len(chosen) == 1:
+            out.append(hit)
+            continue
+        source = replace(c.source, start=chosen[0].source.start, end=chosen[-1].source.end)
+        out.append(replace(hit, chunk=replace(c, text="\n\n".join(x.text for x in chosen), source=source)))
+    return out

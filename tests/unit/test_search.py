@@ -70,3 +70,30 @@ def test_bad_queries_and_backends(store):
     with pytest.raises(StoreError, match="unknown store backend"):
         open_store("nope", "/tmp/x", 4)
     assert search(store, EMB, "zzzz qqqq", RetrievalConfig(), mode="bm25") == []
+
+
+def test_widen_adds_neighbours_merges_overlaps_and_respects_the_budget():
+    import numpy as np
+
+    from loradex.retrieve import widen
+    from loradex.testing import MemoryStore
+    from loradex.types import Chunk, Hit, Source
+
+    def chunk(doc, i, text, start):
+        return Chunk(f"{doc}-{i}", doc, i, text, Source(doc, None, ("Guide",), start, start + len(text)), "v1", 0.0)
+
+    theft = [chunk("theft", i, t, 100 * i) for i, t in enumerate(
+        ["Title.", "Police within 24 hours, insurer within 7 days.", "First steps: call the police.",
+         "What is covered: forced entry.", "What is not covered: open windows."])]
+    other = [chunk("other", 0, "Unrelated passage.", 0)]
+    store = MemoryStore(dim=2)
+    store.replace(["theft", "other"], theft + other, np.ones((6, 2), dtype=np.float32))
+    hits = [Hit(theft[2], 0.9), Hit(other[0], 0.8), Hit(theft[4], 0.7), Hit(theft[1], 0.6)]
+    assert widen(store, hits, 0) == hits
+    wide = widen(store, hits, 1)
+    assert [h.chunk.chunk_id for h in wide] == ["theft-2", "other-0", "theft-4"]  # theft-1: already given
+    assert wide[0].chunk.text == "\n\n".join(c.text for c in theft[1:4]) and wide[0].score == 0.9
+    assert (wide[0].chunk.source.start, wide[0].chunk.source.end) == (100, 300 + len(theft[3].text))
+    assert wide[2].chunk.text == theft[4].text  # its neighbour theft-3 went to the first passage
+    tight = widen(store, hits, 2, max_chars=len(theft[2].text) + len(theft[1].text) + 2)
+    assert tight[0].chunk.text == theft[1].text + "\n\n" + theft[2].text  # nearest first, within the budget

@@ -1,7 +1,8 @@
 """Retrieval-aware training examples (the RAFT recipe, Zhang et al., "RAFT: Adapting Language Model to
 Domain Specific RAG", 2024): the adapter learns to answer from the sources in its prompt.
 
-For each example the project's index is searched with the question (`pool` hits of the example's domain).
+For each example the project's index is searched with the question (`pool` hits of the example's domain,
+widened by `answer.window` neighbouring chunks as served: `loradex.retrieve.widen`).
 The gold passages are the fewest hits that together support the most sentences of the reference answer
 (`loradex.cite.support`, the check that verifies served answers). In about `gold_share` of the examples the
 prompt holds the gold passages among distractors, `k` sources in all, and the target is the reference answer
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..cite import CITATION, content_words, sentences, support, verify
 from ..prompt import NO_SOURCES, build_messages
-from ..retrieve import search
+from ..retrieve import search, widen
 from ..types import Filters, Hit
 from .data import Example
 
@@ -89,8 +90,10 @@ def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_
             report.examples.append(ex)
             report.kept += 1
             continue
-        hits = search(project.store, project.embedder, ex.question, project.config.retrieval, k=pool,
-                      filters=Filters(domain=domain))
+        answer_cfg = project.config.answer
+        hits = widen(project.store, search(project.store, project.embedder, ex.question, project.config.retrieval,
+                                           k=pool, filters=Filters(domain=domain)),
+                     answer_cfg.window, answer_cfg.passage_chars)
         golds, unsupported = gold_passages(ex.answer, hits, k)
         report.unsupported += [{"line": ex.line, "sentence": s} for s in unsupported]
         distractors = [h for i, h in enumerate(hits) if i not in golds]
@@ -106,6 +109,6 @@ def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_
             chosen = rng.sample(distractors, min(k, len(distractors)))
             target = NO_SOURCES
             report.without_gold += 1
-        messages = build_messages(ex.question, chosen, project.config.name)
+        messages = build_messages(ex.question, chosen, project.config.name, answer_cfg.passage_chars)
         report.examples.append(Example(tuple(messages) + ({"role": "assistant", "content": target},), ex.line))
     return report

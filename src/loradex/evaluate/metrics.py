@@ -13,7 +13,8 @@
   passage alone does not support the sentence and the sentence's other citations support it without it.
 - Form: whether an answer follows a format check (section headers in order, a line matching a pattern, a
   length bound) and whether it degenerates into repetition (a sentence three times or more).
-- Retrieval: hit@k and reciprocal rank of the first gold document.
+- Retrieval: hit@k and reciprocal rank of the first gold document, and whether the reference is in the sources
+  given to the model at all (`answer_in_sources`: `contains_reference` over their joined text).
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ __all__ = ["METRICS", "MODES", "evaluate", "score_answer", "summarise"]
 MODES = ("base", "rag", "adapter", "hybrid", "oracle")
 METRICS = ("exact_match", "token_f1", "contains_answer", "label_accuracy", "citation_recall", "citation_precision",
            "verified_citation", "cited_gold", "format_ok", "repetition", "abstained_right", "abstained_wrongly",
-           "routed_right", "hit_at_k", "mrr", "latency_ms", "completion_tokens")
+           "routed_right", "hit_at_k", "mrr", "answer_in_sources", "latency_ms", "completion_tokens")
 Progress = Callable[[int, int], None]
 
 
@@ -112,6 +112,8 @@ def score_answer(project: Project, q: Question, mode: str, a: Answer) -> dict[st
         "routed_right": float(a.route.domain == q.domain) if q.domain and mode in ("adapter", "hybrid") else None,
         "hit_at_k": hit_at_k(files, q.gold_docs, len(files)) if q.gold_docs and files else None,
         "mrr": reciprocal_rank(files, q.gold_docs) if q.gold_docs and files else None,
+        "answer_in_sources": float(contains_reference("\n".join(sources), q.answers)) if q.answers and sources
+        else None,
         "latency_ms": sum(a.timings_ms.values()), "completion_tokens": a.usage.get("completion_tokens"),
     }
     return {"id": q.id, "mode": mode, "question": q.question, "answer": text, "abstained": a.abstained,

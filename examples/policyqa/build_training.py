@@ -4,7 +4,8 @@ Run after `prepare.py` and `loradex ingest -p examples/policyqa`. Writes, ignore
 
 - `train/raft.jsonl`: retrieval-aware examples in the form the adapter serves (`loradex.prompt.build_messages`):
   in 80% of them the paragraph chunk that holds the reference span is among 4 sources (the other 3 are the
-  question's best-ranked hits from other paragraphs, any policy), and the target quotes the span and cites it,
+  question's best-ranked hits from other paragraphs, any policy; each widened by `answer.window` neighbouring
+  chunks as served), and the target quotes the span and cites it,
   `"<span>" [n]`; in the rest the 4 sources are distractors and the target is "the documents do not cover
   this". The gold is the data set's own answer paragraph, not a lexical guess: PolicyQA spans are often too
   short for `loradex.cite.support` to pick a passage. `loradex train` keeps examples that already hold sources.
@@ -39,7 +40,7 @@ def build(n: int = 480, seed: int = 17) -> dict[str, int]:
     prepare.py has not been run."""
     from loradex.project import open_project
     from loradex.prompt import NO_SOURCES, build_messages
-    from loradex.retrieve import search
+    from loradex.retrieve import search, widen
     from loradex.types import Filters
 
     rows = [json.loads(line) for line in (HERE / "train" / "questions.jsonl").read_text().splitlines()]
@@ -61,10 +62,14 @@ def build(n: int = 480, seed: int = 17) -> dict[str, int]:
         if rng.random() < GOLD_SHARE:
             sources = rng.sample(others, min(K - 1, len(others))) + [gold]
             rng.shuffle(sources)
-            target = f'"{span}" [{sources.index(gold) + 1}]'
+            sources = widen(project.store, sources, cfg.answer.window, cfg.answer.passage_chars)  # as served
+            n = next(i for i, h in enumerate(sources, start=1) if h.chunk.chunk_id == gold.chunk.chunk_id)
+            target = f'"{span}" [{n}]'
         else:
-            sources, target = rng.sample(others, min(K, len(others))), NO_SOURCES
-        messages = build_messages(row["question"], sources, cfg.name)
+            sources = widen(project.store, rng.sample(others, min(K, len(others))), cfg.answer.window,
+                            cfg.answer.passage_chars)
+            target = NO_SOURCES
+        messages = build_messages(row["question"], sources, cfg.name, cfg.answer.passage_chars)
         raft.append({"messages": [*messages, {"role": "assistant", "content": target}]})
         closed.append({"messages": [{"role": "user", "content": row["question"]},
                                     {"role": "assistant", "content": f'"{span}"'}]})

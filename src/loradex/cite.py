@@ -14,6 +14,7 @@ from difflib import SequenceMatcher
 
 CITATION = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)(?:\s*\[\d{1,3}(?:\s*,\s*\d{1,3})*\])*")
+_BULLET_ONLY = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])?\s*$")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[a-z0-9]+")
 STOP = frozenset("""a an and are as at be been but by can could did do does for from had has have how i if in
@@ -79,10 +80,14 @@ def drop_repeats(text: str) -> tuple[str, list[str]]:
     for m in _SENTENCE.finditer(text):
         key = sentence_key(m.group())
         if len(key.split()) >= 2 and key in seen:
-            kept.append(text[pos:m.start()])
+            start = m.start()
+            line_start = text.rfind("\n", 0, start) + 1
+            if _BULLET_ONLY.match(text[line_start:start]):  # "2. <repeat>": the list item goes with it
+                start = line_start
+            kept.append(text[pos:start])
             removed.append(m.group().strip())
             pos = m.end()
-            if text[:m.start()].endswith("\n") and text[pos:pos + 1] == "\n":
+            if text[:start].endswith("\n") and text[pos:pos + 1] == "\n":
                 pos += 1
         seen.add(key)
     if not removed:

@@ -84,3 +84,10 @@ def test_drop_repeats_keeps_the_first_occurrence_and_the_layout():
                                   ["- Why: pipes are covered [2]."])
     assert drop_repeats("Call us. Call us. Yes. Yes. Done.") == ("Call us. Yes. Yes. Done.", ["Call us."])
     assert drop_repeats("No repeats here. None at all.") == ("No repeats here. None at all.", [])
+
+
+def test_a_repeated_list_item_goes_with_its_number():
+    from loradex.cite import drop_repeats
+
+    text = "Yes, it is free. [1]\n1. Change it twice a year. [1]\n2. Change it twice a year. [1]\n3. Pick a day. [1]"
+    assert drop_repeats(text)[0] == "Yes, it is free. [1]\n1. Change it twice a year. [1]\n3. Pick a day. [1]"

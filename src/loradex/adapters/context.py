@@ -75,7 +75,7 @@ def gold_passages(answer: str, hits: list[Hit], k: int) -> tuple[list[int], list
     return golds, [c for i, c in enumerate(claims) if i not in every]
 
 
-def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_share: float = 0.8,
+def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_share: float = 1.0,
                  pool: int = 12, domain: str | None = None, seed: int = 0) -> ContextReport:
     """Each example rebuilt with `k` sources of `domain` (all domains when None) retrieved from the project's
     index, drawn from its top `pool` hits; see the module docstring. Raises ValueError for k < 1, pool < k

@@ -7,7 +7,7 @@ LDX := $(VENV)/bin/loradex
 STAMP := $(VENV)/.installed-stamp
 DEMO := examples/insurance
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean policyqa
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: setup
 	$(LDX) ask -p $(DEMO) "Can I change the day my monthly premium is collected?" --stream
 	$(LDX) ask -p $(DEMO) "Who won the football world cup in 1998?"
 	$(LDX) eval -p $(DEMO) $(DEMO)/eval/questions.jsonl --limit 3 --modes rag,hybrid
+
+# PolicyQA (../shared/data/policyqa): base, rag and oracle on 200 held-out questions (about an hour on 2 cores).
+policyqa: setup
+	$(PY) examples/policyqa/prepare.py
+	$(LDX) ingest -p examples/policyqa
+	$(LDX) eval examples/policyqa/eval/questions.jsonl -p examples/policyqa --modes base,rag,oracle --out examples/policyqa/eval/report
 
 test: lint
 	$(PY) -m pytest -q

@@ -11,7 +11,6 @@ Run after `prepare.py` and `loradex ingest -p examples/policyqa`. Writes, ignore
   short for `loradex.cite.support` to pick a passage. `loradex train` keeps examples that already hold sources.
 - `train/closed.jsonl`: the same questions with the quoted span as the target and no sources: the fine-tune-only
   baseline (`loradex train --no-context`).
-- `routing/privacy.txt`: 40 of the training questions, the router's examples for the one domain.
 
 Usage: python examples/policyqa/build_training.py [--n 480] [--seed 17] [--json]
 """
@@ -36,7 +35,7 @@ def _span(answers: list[str]) -> str:
 
 
 def build(n: int = 480, seed: int = 17) -> dict[str, int]:
-    """Write the three files (see the module docstring); returns counts. Raises FileNotFoundError when
+    """Write the two files (see the module docstring); returns counts. Raises FileNotFoundError when
     prepare.py has not been run."""
     from loradex.project import open_project
     from loradex.prompt import NO_SOURCES, build_messages
@@ -75,12 +74,9 @@ def build(n: int = 480, seed: int = 17) -> dict[str, int]:
                                     {"role": "assistant", "content": f'"{span}"'}]})
     (HERE / "train" / "raft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raft), encoding="utf-8")
     (HERE / "train" / "closed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in closed), encoding="utf-8")
-    (HERE / "routing").mkdir(exist_ok=True)
-    routing = [r["question"] for r in rng.sample(rows, 40)]
-    (HERE / "routing" / "privacy.txt").write_text("\n".join(routing) + "\n", encoding="utf-8")
     return {"raft": len(raft), "with_gold": sum(not r["messages"][-1]["content"].startswith("The documents")
                                                 for r in raft),
-            "closed": len(closed), "skipped": skipped, "routing": len(routing)}
+            "closed": len(closed), "skipped": skipped}
 
 
 def main() -> None:

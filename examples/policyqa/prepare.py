@@ -7,7 +7,8 @@ script writes, under this folder and ignored by git,
 - `docs/<site>/pNNN.txt`: one document per policy paragraph (all 20 policies), its first line naming the policy;
 - `eval/questions.jsonl`: 200 questions drawn at random (seed 16) from 6 policies held out at random (seed 16),
   each with every reference span as `answers` and its paragraph as `gold_docs`;
-- `train/questions.jsonl`: the questions of the other 14 policies, for training adapters (never the held-out 6).
+- `train/questions.jsonl`: the questions of the other 14 policies, for training adapters (never the held-out 6);
+- `routing/privacy.txt`: 40 of those training questions, the router's examples for the project's one domain.
 
 The split is by policy, never by question: PolicyQA's questions repeat across policies, so only a policy split
 measures reading unseen documents. Each question names its policy ("In the privacy policy of ted.com: ..."),
@@ -67,6 +68,9 @@ def build(data: Path, out: Path = HERE) -> dict[str, object]:
     for name, items in (("eval", chosen), ("train", train)):
         (out / name).mkdir(exist_ok=True)
         (out / name / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+    (out / "routing").mkdir(exist_ok=True)  # the router's examples for the one domain: training questions only
+    routing = [str(r["question"]) for r in rng.sample(train, 40)]
+    (out / "routing" / "privacy.txt").write_text("\n".join(routing) + "\n", encoding="utf-8")
     return {"policies": len(policies), "documents": sum(len(p["paragraphs"]) for p in policies),
             "held_out": held_out, "eval_questions": len(chosen), "train_questions": len(train)}
 

@@ -1,5 +1,6 @@
 """The hybrid pipeline on the example project with the packaged models: route -> domain sources -> the
-domain's adapter (the three shipped in examples/insurance/adapters, trained by loradex) -> verified citations."""
+domain's adapter (the three shipped in examples/insurance/adapters, trained retrieval-aware by loradex) ->
+verified citations, repeats removed."""
 import json
 import re
 
@@ -42,18 +43,37 @@ def test_router_on_the_example_questions_and_off_topic(project):
     assert all(r.abstained and r.domain is None for r in off), [r.to_dict() for r in off]
 
 
-@pytest.mark.parametrize("domain,question", [
-    ("claims", "My bike was stolen from my garden shed last night. What should I do?"),
-    ("policy", "Does my home insurance cover damage from a burst pipe?"),
-    ("billing", "Can I change the day my monthly premium is collected?"),
-])
-def test_each_domain_answers_with_its_adapter_and_layout(project, domain, question):
+DEMO = [  # make demo's three domain questions, and the documents' facts each answer must state
+    ("claims", "My bike was stolen from my garden shed last night. What should I do?", ("24 hours", "7 days")),
+    ("policy", "Does my home insurance cover damage from a burst pipe?", ("Covered: YES", "escape of water")),
+    ("billing", "Can I change the day my monthly premium is collected?", ("1st, 8th, 15th or 22nd",)),
+]
+KNOWN_WRONG = {  # issue 17 is open: these fail today, and xfail(strict) says so until they pass
+    "policy": "the policy adapter answers 'Covered: NO' for a burst pipe (escape of water is an insured event)",
+}
+
+
+@pytest.mark.parametrize("domain,question,facts", [
+    pytest.param(d, q, f, marks=pytest.mark.xfail(reason=KNOWN_WRONG[d], strict=True) if d in KNOWN_WRONG else ())
+    for d, q, f in DEMO])
+def test_the_demo_answers_are_right_cited_in_form_and_never_repeat(project, domain, question, facts):
+    from loradex.evaluate.metrics import format_failures, repeats
+
     a = answer(project, question)
     assert a.route.domain == domain and a.adapter and a.adapter.startswith(f"{domain}@sha256:")
     assert a.sources and all(s.file.startswith(f"docs/{domain}/") or "glossary" in s.file for s in a.sources)
-    # the shipped adapters were trained on questions alone (no sources): their layout is checked in that mode
+    assert not a.abstained and any(c.verified for c in a.citations), a.answer
+    assert not repeats(a.answer, times=2), a.answer
+    check = project.config.formats[project.config.domains[domain].format]
+    assert format_failures(a.answer, **check.model_dump()) == [], a.answer
+    assert all(f in a.answer for f in facts), a.answer
+
+
+@pytest.mark.parametrize("domain,question,facts", DEMO)
+def test_each_adapter_keeps_its_layout_without_sources(project, domain, question, facts):
     closed = answer(project, question, retrieval=False)
-    assert closed.adapter == a.adapter and LAYOUT[domain].search(closed.answer), closed.answer
+    assert closed.adapter and closed.adapter.startswith(f"{domain}@sha256:") and LAYOUT[domain].search(closed.answer), \
+        closed.answer
     base = answer(project, question, retrieval=False, use_adapter=False)
     assert not LAYOUT[domain].search(base.answer)
 

@@ -75,19 +75,29 @@ def test_all_or_nothing_shares_and_bad_settings(project):
             with_context(project, examples, **{"k": 2, "pool": 6, **bad})
 
 
-def test_cli_train_builds_sources_by_default_and_reports_unsupported_sentences(project, tmp_path):
-    """`loradex train` on a tiny random model: the manifest records the context settings and counts."""
-    from typer.testing import CliRunner
+def _data(tmp_path, n: int):
+    data = tmp_path / "claims.jsonl"
+    rows = [{"messages": list(_example(ANSWER, i, f"Stolen bike {i}: who do I tell?").messages)} for i in range(n)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
 
-    from loradex.cli import app
+
+def _tiny_model_and_data(project, tmp_path, n: int):
+    """The project switched to a tiny random model, and `n` distinct examples of ANSWER."""
     from loradex.testing import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
     cfg = project.root / "loradex.yaml"
     cfg.write_text(cfg.read_text() + f"model: {model}\n")
-    data = tmp_path / "claims.jsonl"
-    rows = [{"messages": list(_example(ANSWER, n, f"Stolen bike {n}: who do I tell?").messages)} for n in range(6)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return model, _data(tmp_path, n)
+
+
+def test_cli_train_builds_sources_by_default_and_reports_unsupported_sentences(project, tmp_path):
+    """`loradex train` on a tiny random model: the manifest records the context settings and counts."""
+    from typer.testing import CliRunner
+
+    from loradex.cli import app
+    model, data = _tiny_model_and_data(project, tmp_path, 6)
     args = ["train", "claims", "--data", str(data), "-p", str(project.root), "--max-steps", "1", "--replay", "0",
             "--context-k", "2", "--distractor-pool", "6"]
     result = CliRunner().invoke(app, args)
@@ -104,9 +114,7 @@ def test_cli_train_check_reports_without_training(project, tmp_path):
 
     from loradex.cli import app
 
-    data = tmp_path / "claims.jsonl"
-    rows = [{"messages": list(_example(ANSWER, n, f"Stolen bike {n}: who do I tell?").messages)} for n in range(3)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _data(tmp_path, 3)
     args = ["train", "claims", "--data", str(data), "-p", str(project.root), "--check", "--distractor-pool", "6"]
     report = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
     assert report["examples"] == 3 and [u["line"] for u in report["unsupported_sentences"]] == [1, 2, 3]
@@ -122,14 +130,7 @@ def test_a_prepared_job_trained_elsewhere_imports_with_its_record(project, tmp_p
 
     from loradex.adapters.remote import run_job
     from loradex.cli import app
-    from loradex.testing import build_tiny_llama
-
-    model = build_tiny_llama(tmp_path / "tiny")
-    cfg = project.root / "loradex.yaml"
-    cfg.write_text(cfg.read_text() + f"model: {model}\n")
-    data = tmp_path / "claims.jsonl"
-    rows = [{"messages": list(_example(ANSWER, n, f"Stolen bike {n}: who do I tell?").messages)} for n in range(6)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, data = _tiny_model_and_data(project, tmp_path, 6)
     job_dir = tmp_path / "job"
     r = CliRunner().invoke(app, ["train", "claims", "--data", str(data), "-p", str(project.root), "--prepare",
                                  str(job_dir), "--max-steps", "2", "--replay", "0.5", "--distractor-pool", "6",

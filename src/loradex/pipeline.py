@@ -122,10 +122,10 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
                     {"role": "user", "content": question})
         request = GenerationRequest(messages, cfg.max_new_tokens, (), cfg.temperature, adapter, cfg.no_repeat_ngram)
         return Prepared(question, chosen, adapter, [], (), request, None, timings, {})
-    n = k or cfg.k
+    wanted = k or cfg.k
     hits = search(project.store, project.embedder, question, project.config.retrieval,
-                  k=n * (2 if cfg.window else 1), filters=filters)  # widening merges neighbours: fetch spares
-    hits = widen(project.store, hits, cfg.window, cfg.passage_chars)[:n]
+                  k=wanted * (2 if cfg.window else 1), filters=filters)  # widening merges neighbours: fetch spares
+    hits = widen(project.store, hits, cfg.window, cfg.passage_chars)[:wanted]
     timings["retrieve"] = (time.perf_counter() - t0) * 1000
     best = max((h.dense_score or 0.0 for h in hits), default=0.0)
     sources = tuple(SourceRef.from_hit(n, h) for n, h in enumerate(hits, start=1))

@@ -91,7 +91,9 @@ def widen(store: Store, hits: list[Hit], window: int, max_chars: int = 1600) -> 
         taken = given.setdefault(c.doc_id, set())
         if c.ordinal in taken:
             continue
-        doc = docs.setdefault(c.doc_id, {x.ordinal: x for x in store.chunks(c.doc_id)})
+        if c.doc_id not in docs:  # one store read per document, not per hit
+            docs[c.doc_id] = {x.ordinal: x for x in store.chunks(c.doc_id)}
+        doc = docs[c.doc_id]
         chosen, size = [c], len(c.text)
         for step in range(1, window + 1):
             for o in (c.ordinal - step, c.ordinal + step):

@@ -85,12 +85,12 @@ def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_
                          f"gold_share={gold_share})")
     rng = random.Random(seed)
     report = ContextReport([])
+    answer_cfg = project.config.answer
     for ex in examples:
         if "<source 1" in ex.question:
             report.examples.append(ex)
             report.kept += 1
             continue
-        answer_cfg = project.config.answer
         hits = widen(project.store, search(project.store, project.embedder, ex.question, project.config.retrieval,
                                            k=pool, filters=Filters(domain=domain)),
                      answer_cfg.window, answer_cfg.passage_chars)

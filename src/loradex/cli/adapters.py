@@ -69,13 +69,12 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
 
 def _check(proj: Any, domain: str, examples: list, settings: TrainSettings, as_json: bool) -> None:
     """`train --check`: the retrieval-aware examples' report, no training."""
-    from ..adapters.context import with_context
+    from ..adapters.train import prepare_examples
 
-    if not settings.context:
+    _, built = prepare_examples(proj, domain, examples, settings)
+    if built is None:
         raise typer.BadParameter("--check reports on retrieval-aware examples; drop --no-context")
-    report = with_context(proj, examples, k=settings.context_k, gold_share=settings.gold_share,
-                          pool=settings.distractor_pool, seed=settings.seed,
-                          domain=domain if domain in proj.config.domains else None).to_dict()
+    report = built.to_dict()
     if as_json:
         emit({"examples": len(examples), **report})
     else:

@@ -15,6 +15,7 @@ from difflib import SequenceMatcher
 CITATION = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)(?:\s*\[\d{1,3}(?:\s*,\s*\d{1,3})*\])*")
 _BULLET_ONLY = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])?\s*$")
+_LIST_MARK = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[a-z0-9]+")
 STOP = frozenset("""a an and are as at be been but by can could did do does for from had has have how i if in
@@ -94,6 +95,33 @@ def drop_repeats(text: str) -> tuple[str, list[str]]:
         return text, []
     kept.append(text[pos:])
     return "".join(kept).strip(), removed
+
+
+class RepeatFilter:
+    """`drop_repeats` for a stream, by lines: `feed` a piece of text, get back what may be shown now; a line is
+    held back until it ends, and a line that repeats an earlier one (list number aside, compared by
+    `sentence_key`, two words or more) is never shown. `finish` returns the last, unfinished line."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.line = ""
+
+    def _keep(self, line: str) -> bool:
+        if not line.strip():
+            return True
+        key = sentence_key(_LIST_MARK.sub("", line))
+        if len(key.split()) >= 2 and key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+    def feed(self, piece: str) -> str:
+        *done, self.line = (self.line + piece).split("\n")
+        return "".join(line + "\n" for line in done if self._keep(line))
+
+    def finish(self) -> str:
+        rest, self.line = self.line, ""
+        return rest if self._keep(rest) else ""
 
 
 def _stem(word: str) -> str:

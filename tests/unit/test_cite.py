@@ -91,3 +91,17 @@ def test_a_repeated_list_item_goes_with_its_number():
 
     text = "Yes, it is free. [1]\n1. Change it twice a year. [1]\n2. Change it twice a year. [1]\n3. Pick a day. [1]"
     assert drop_repeats(text)[0] == "Yes, it is free. [1]\n1. Change it twice a year. [1]\n3. Pick a day. [1]"
+
+
+def test_a_stream_never_shows_a_repeated_line():
+    from loradex.cite import RepeatFilter
+
+    text = ("Yes, it is free. [1]\n1. Change it twice a year. [1]\n2. Change it twice a year. [1]\n\n"
+            "3. Pick a day.\nFee: none")
+    f = RepeatFilter()
+    shown = "".join(f.feed(text[i:i + 5]) for i in range(0, len(text), 5)) + f.finish()
+    assert shown == "Yes, it is free. [1]\n1. Change it twice a year. [1]\n\n3. Pick a day.\nFee: none"
+    g = RepeatFilter()
+    assert g.feed("Call us now.\nCall us") == "Call us now.\n" and g.finish() == "Call us"  # two words: not a repeat
+    h = RepeatFilter()
+    assert h.feed("Call us now.\n") and h.feed("Call us now.") == "" and h.finish() == ""

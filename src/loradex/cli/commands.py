@@ -156,17 +156,26 @@ def ask(question: str = typer.Argument(..., help="The question."),
         no_retrieval: bool = typer.Option(False, "--no-retrieval", help="No sources (adapter only)."),
         project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Route, retrieve from the domain's sources, answer with its adapter, and check every citation."""
+    from ..cite import RepeatFilter
     from ..pipeline import answer as run_answer
 
     proj = open_checked(project, domain)
-    on_token = ((lambda piece: out.print(piece, end="", highlight=False, markup=False))
-                if stream and not as_json else None)
+    shown = RepeatFilter()  # a streamed line that repeats an earlier one is never printed, as in the answer
+
+    def show(text: str) -> None:
+        out.print(text, end="", highlight=False, markup=False)
+
+    on_token = (lambda piece: show(shown.feed(piece))) if stream and not as_json else None
     result = run_answer(proj, question, k=k, domain=domain, on_token=on_token, route=not no_route,
                         use_adapter=not no_adapter, retrieval=not no_retrieval)
     if as_json:
         emit(result.to_dict())
         return
-    out.print() if on_token else out.print(result.answer, highlight=False, markup=False)
+    if on_token:
+        show(shown.finish())
+        out.print()
+    else:
+        out.print(result.answer, highlight=False, markup=False)
     r = result.route
     how = (f"route: [bold]{r.domain}[/] ({r.reason or 'router'}, score {r.score:.2f})" if r.domain else
            f"route: [yellow]none ({r.reason}{', best ' + r.best if r.best else ''})[/], base model, all sources")

@@ -46,15 +46,15 @@ def run_trainer(args, model_dir: Path, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from loradex.adapters.data import load_examples
-    from loradex.adapters.train import encode_example, split_holdout
+    from loradex.adapters.data import encode_examples, load_examples
+    from loradex.adapters.train import split_holdout
     from loradex.prompt import system_message
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     examples, _ = load_examples(DATA)
     train_ex, _ = split_holdout(examples, 0.1, 0)
-    rows = [dict(zip(("input_ids", "labels"), encode_example(tokenizer, e.messages, system_message("harbor-mutual"),
-                                                      args.max_seq_len))) for e in train_ex]
+    rows = [dict(zip(("input_ids", "labels"), row)) for row in
+            encode_examples(tokenizer, train_ex, system_message("harbor-mutual"), args.max_seq_len)]
     for r in rows:
         r["attention_mask"] = [1] * len(r["input_ids"])
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32),

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from loradex.adapters.data import DataError, load_examples
+from loradex.adapters.data import DataError, Example, encode_example, encode_examples, load_examples
 from loradex.adapters.registry import AdapterError
-from loradex.adapters.train import TrainSettings, encode_example, train
+from loradex.adapters.train import TrainSettings, train
 from loradex.cli import app
 from loradex.project import open_project
 from loradex.testing import build_tiny_llama, tiny_tokenizer
@@ -76,14 +76,26 @@ def test_bad_records_name_line_and_field(tmp_path, line, message):
 def test_loss_only_on_the_answer_with_the_serving_template():
     tok = tiny_tokenizer()
     ids, labels = encode_example(tok, ({"role": "user", "content": "q"},
-                                       {"role": "assistant", "content": "the answer"}),
-                                 "SYS", 512)
+                                       {"role": "assistant", "content": "the answer"}), "SYS")
     answer = [t for t, y in zip(ids, labels) if y != -100]
     assert tok.decode(answer) == "the answer<|im_end|>"
     assert tok.decode(ids).startswith("<|im_start|>system\nSYS<|im_end|>")
-    ids, labels = encode_example(tok, ({"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "ok"}),
-                         "SYS", 32)
-    assert len(ids) == 32 and tok.decode([t for t, y in zip(ids, labels) if y != -100]) == "ok<|im_end|>"
+
+
+def test_an_example_longer_than_max_seq_len_is_refused_never_cut():
+    """Cutting the prompt's oldest tokens dropped the system message and source 1 from 78-80 of the 80 examples
+    each shipped insurance adapter learned from (prompts of about 1,400 tokens, max_seq_len 1024)."""
+    tok = tiny_tokenizer()
+    short = Example(({"role": "user", "content": "q"}, {"role": "assistant", "content": "ok"}), 1)
+    longer = [Example(({"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "ok"}), n)
+              for n in (4, 9)]
+    rows = encode_examples(tok, [short], "SYS", 64)
+    assert rows == [encode_example(tok, short.messages, "SYS")]
+    with pytest.raises(DataError, match=r"2 of 3 training examples are longer than max_seq_len=64 tokens "
+                                        r"\(the longest has \d+; lines 4, 9\): raise --max-seq-len to at least"):
+        encode_examples(tok, [short, *longer], "SYS", 64)
+    full = encode_examples(tok, longer, "SYS", 4096)
+    assert tok.decode(full[0][0]).startswith("<|im_start|>system\nSYS")  # all of it, system message first
 
 
 def test_train_registers_a_peft_adapter_with_manifest_and_curve(project):

@@ -114,12 +114,17 @@ def test_cli_train_check_reports_without_training(project, tmp_path):
 
     from loradex.cli import app
 
-    data = _data(tmp_path, 3)
+    _, data = _tiny_model_and_data(project, tmp_path, 3)
     args = ["train", "claims", "--data", str(data), "-p", str(project.root), "--check", "--distractor-pool", "6"]
     report = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
     assert report["examples"] == 3 and [u["line"] for u in report["unsupported_sentences"]] == [1, 2, 3]
+    assert 100 < report["tokens"]["median"] <= report["tokens"]["longest"] < 2048 == report["tokens"]["max_seq_len"]
     text = CliRunner().invoke(app, args).output
-    assert "line 3: Escalation: NO - routine theft question." in text
+    assert "line 3: Escalation: NO - routine theft question." in text and "tokens per example: median" in text
+    small = json.loads(CliRunner().invoke(app, [*args, "--json", "--max-seq-len", "64"]).stdout)["tokens"]
+    assert "3 of 3 training examples are longer than max_seq_len=64" in small["error"]
+    refused = CliRunner().invoke(app, [a for a in args if a != "--check"] + ["--max-seq-len", "64"])
+    assert refused.exit_code != 0 and "raise --max-seq-len to at least" in refused.output
     assert not (project.state_dir / "train").exists() and project.registry.versions() == []
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["DataError", "Example", "data_sha256", "load_examples", "parse_record"]
+__all__ = ["DataError", "Example", "data_sha256", "encode_example", "encode_examples", "load_examples", "parse_record"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,35 @@ def data_sha256(examples: list[Example]) -> str:
     for ex in examples:
         h.update(json.dumps(ex.messages, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def encode_example(tokenizer, messages: tuple[dict, ...], system: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 on the prompt, the answer's ids elsewhere) for one example, rendered with the
+    serving chat template; `system` is used when the example has no system message of its own.
+    Raises DataError when the template does not render the prompt as a prefix of the conversation."""
+    msgs = list(messages) if messages[0]["role"] == "system" else [{"role": "system", "content": system}, *messages]
+    prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if not full.startswith(prompt):
+        raise DataError("the base model's chat template does not render the prompt as a prefix of the full "
+                        "conversation, so answer tokens cannot be told apart: use another base model")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
+    return p_ids + a_ids, [-100] * len(p_ids) + a_ids
+
+
+def encode_examples(tokenizer, examples: list[Example], system: str, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """`encode_example` for each of `examples`. An example is never cut to fit: a prompt missing its system
+    message or its first sources is not the prompt the adapter will be served (the adapters shipped before
+    this check learned from such prompts and stopped reading source 1). Raises DataError naming the examples
+    longer than `max_len` tokens, the longest, and what to change."""
+    rows = [encode_example(tokenizer, e.messages, system) for e in examples]
+    over = sorted(((len(ids), e.line) for (ids, _), e in zip(rows, examples) if len(ids) > max_len), reverse=True)
+    if over:
+        lines = ", ".join(str(line) for _, line in sorted(over, key=lambda x: x[1])[:10])
+        raise DataError(f"{len(over)} of {len(examples)} training examples are longer than max_seq_len={max_len} "
+                        f"tokens (the longest has {over[0][0]}; lines {lines}{', ...' if len(over) > 10 else ''}): "
+                        f"raise --max-seq-len to at least {over[0][0]}, or shorten the prompts "
+                        "(--context-k, answer.passage_chars) or the answers")
+    return rows
+

@@ -23,7 +23,15 @@ from ..atomic import write_text
 from ..prompt import system_message
 from .data import Example, data_sha256
 from .registry import adapter_version
-from .train import TrainSettings, context_summary, prepare_examples, train_lora, training_record, with_replay
+from .train import (
+    TrainSettings,
+    check_lengths,
+    context_summary,
+    prepare_examples,
+    train_lora,
+    training_record,
+    with_replay,
+)
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -32,14 +40,16 @@ __all__ = ["prepare_job", "run_job"]
 
 
 def prepare_job(project: Project, domain: str, examples: list[Example], settings: TrainSettings, dest: Path) -> dict:
-    """Write the training job for `domain` under `dest` (created); returns job.json's content."""
+    """Write the training job for `domain` under `dest` (created); returns job.json's content. Raises DataError
+    for an example longer than `settings.max_seq_len` (checked here, not on the other machine)."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     data_hash = data_sha256(examples)
     built, context = prepare_examples(project, domain, examples, settings)
+    tokens = check_lengths(project.base_model_dir, built, settings, system_message(project.config.name))
+    dest.mkdir(parents=True, exist_ok=True)
     job = {"domain": domain, "project_name": project.config.name, "settings": asdict(settings),
            "training_data_sha256": data_hash, "base_model": project.registry.base,
-           "examples": len(built),
+           "examples": len(built), "tokens": tokens,
            "context": context_summary(context, dest / "context_report.json") if context is not None else None}
     write_text(dest / "examples.jsonl", "".join(json.dumps({"messages": list(e.messages), "line": e.line}) + "\n"
                                                 for e in built))

@@ -68,17 +68,27 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
 
 
 def _check(proj: Any, domain: str, examples: list, settings: TrainSettings, as_json: bool) -> None:
-    """`train --check`: the retrieval-aware examples' report, no training."""
-    from ..adapters.train import prepare_examples
+    """`train --check`: the retrieval-aware examples' report and their token lengths, no training."""
+    from ..adapters.train import check_lengths, prepare_examples
+    from ..errors import DataError
+    from ..prompt import system_message
 
-    _, built = prepare_examples(proj, domain, examples, settings)
+    rebuilt, built = prepare_examples(proj, domain, examples, settings)
     if built is None:
         raise typer.BadParameter("--check reports on retrieval-aware examples; drop --no-context")
-    report = built.to_dict()
+    report: dict = built.to_dict()
+    try:
+        report["tokens"] = check_lengths(proj.base_model_dir, rebuilt, settings, system_message(proj.config.name))
+    except DataError as e:
+        report["tokens"] = {"error": str(e), "max_seq_len": settings.max_seq_len}
     if as_json:
         emit({"examples": len(examples), **report})
-    else:
-        _print_context(report)
+        return
+    _print_context(report)
+    t = report["tokens"]
+    out.print(f"[yellow]{t['error']}[/]" if "error" in t else
+              f"tokens per example: median {t['median']}, longest {t['longest']} (max_seq_len {t['max_seq_len']})",
+              highlight=False)
 
 
 def _print_context(report: dict, where: str | None = None) -> None:

@@ -155,6 +155,30 @@ class MetadataRule(_Model):
     groups: list[str] = Field(default_factory=list, description="Access groups added to matching documents.")
 
 
+class SixQuestions(_Model):
+    """The decision framework's six questions about a capability (`loradex decide`); None: not stated, so
+    loradex infers or measures it where it can."""
+
+    changes_over_time: bool | None = Field(None, description="Does the knowledge change over time?")
+    must_cite: bool | None = Field(None, description="Must answers cite their sources?")
+    format_or_style: bool | None = Field(None, description="Is it about format, tone or terminology?")
+    domain_reasoning: bool | None = Field(None, description="Is it domain reasoning or judgement (e.g. escalation)?")
+    factual_lookup: bool | None = Field(None, description="Is it looking facts up?")
+    pattern_recognition: bool | None = Field(None, description="Is it recognising patterns across many cases?")
+
+
+class CapabilityConfig(_Model):
+    description: str = Field("", description="What the assistant must be able to do.")
+    domains: list[str] = Field(default_factory=list, description="The domains it concerns (none: all).")
+    questions: str | None = Field(None, description=(
+        "Evaluation questions that exercise it: a JSONL file (relative to the project; see `loradex eval`)."))
+    question_ids: list[str] = Field(default_factory=list, description=(
+        "Only these questions of the file (default: those of its domains, or all when it names none)."))
+    answers: SixQuestions = Field(default_factory=SixQuestions)
+    targets: dict[str, float] = Field(default_factory=lambda: {"contains_answer": 0.8, "verified_citation": 0.8},
+                                      description="What retrieval alone must reach (eval metric: mean) to suffice.")
+
+
 class ProjectConfig(_Model):
     name: str = Field("loradex-project", description="Project name, shown in outputs.")
     embedder: str = Field("all-minilm-l6-v2", description="Embedder name or local model folder.")
@@ -173,6 +197,8 @@ class ProjectConfig(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    capabilities: dict[str, CapabilityConfig] = Field(default_factory=dict, description=(
+        "Capabilities by name, for `loradex decide`: retrieval, an adapter, or both."))
 
     _engine = field_validator("engine")(_known(ENGINES, "engine"))
 
@@ -181,6 +207,10 @@ class ProjectConfig(_Model):
         for name, domain in self.domains.items():
             if domain.format is not None and domain.format not in self.formats:
                 raise ValueError(f"domains.{name}.format: no format check named {domain.format!r} in `formats`")
+        for name, cap in self.capabilities.items():
+            unknown = [d for d in cap.domains if d not in self.domains]
+            if unknown:
+                raise ValueError(f"capabilities.{name}.domains: {', '.join(map(repr, unknown))} not in `domains`")
         return self
 
 

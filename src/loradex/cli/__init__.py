@@ -1,7 +1,7 @@
 """The `loradex` command line. Each command wraps library calls and prints text or `--json`.
 
 Modules: `_common` (the app settings, output, progress, the one error handler), `commands` (init, ingest,
-search, serve, route, ask), `docs` (docs list/show/rm), `adapters` (train and adapters ...), `evaluate` (eval).
+search, serve, route, ask), `docs` (docs list/show/rm), `adapters` (train and adapters ...), `evaluate` (eval, decide).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ for command in (commands.init, commands.ingest, commands.search, commands.serve,
                 adapters.train):
     app.command()(command)
 app.command("eval")(evaluate.evaluate)
+app.command("decide")(evaluate.decide)
 app.add_typer(docs.docs_app, name="docs")
 app.add_typer(adapters.adapters_app, name="adapters")
 

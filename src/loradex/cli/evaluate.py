@@ -1,4 +1,5 @@
-"""`loradex eval`: answer evaluation questions in several modes and compare them with intervals."""
+"""`loradex eval`: answer evaluation questions in several modes and compare them with intervals; `loradex decide`:
+retrieval, an adapter or both for each capability, from those answers."""
 from __future__ import annotations
 
 import json
@@ -42,7 +43,9 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
-    write_report(rows, summary, {q.id: q.domain for q in qs}, folder / "report.html", f"loradex eval: {questions.name}")
+    cards = _cards_for_file(proj, questions, rows)
+    write_report(rows, summary, {q.id: q.domain for q in qs}, folder / "report.html", f"loradex eval: {questions.name}",
+                 cards=cards)
     if as_json:
         emit(summary)
         return
@@ -66,3 +69,61 @@ def _print_summary(summary: dict) -> None:
         shown = {k: v for k, v in diffs.items() if v is not None and k in SHOWN}
         if shown:
             out.print(f"{mode} - rag: " + "; ".join(f"{k} {_cell(v)}" for k, v in shown.items()), highlight=False)
+
+
+def _cards_for_file(proj, questions: Path, rows: list[dict]) -> list[dict]:
+    """Decision cards of the capabilities whose questions come from the evaluated file (for the report)."""
+    from ..evaluate.decide import capability_questions, cards_from_rows
+
+    chosen = {n: c for n, c in proj.config.capabilities.items()
+              if c.questions and (proj.root / c.questions).resolve() == questions.resolve()}
+    if not chosen:
+        return []
+    answered = {r["id"] for r in rows}
+    qs = {n: [q for q in capability_questions(proj, c) if q.id in answered] for n, c in chosen.items()}
+    return cards_from_rows(proj, chosen, qs, rows)
+
+
+def decide(capabilities: Optional[list[str]] = typer.Argument(None, help="Capabilities to decide (default: all)."),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for cards.json, results.jsonl and "
+                                                  "report.html (default .loradex/eval/decide in the project)."),
+           seed: int = typer.Option(0, help="Seed of the bootstrap."),
+           project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Retrieval, an adapter or both, per capability in loradex.yaml: six questions, stated, inferred or
+    measured (eval answers in base, rag, adapter and hybrid mode, cached), and where they disagree."""
+    from ..evaluate.decide import decide as run_decide
+    from ..evaluate.report import write_report
+    from ..evaluate.run import summarise
+
+    proj = open_checked(project)
+    with progress("answering", "answers", disable=as_json) as update:
+        cards, rows, questions = run_decide(proj, capabilities or (), seed=seed, progress=update)
+    folder = out_dir or proj.state_dir / "eval" / "decide"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cards.json").write_text(json.dumps(cards, indent=1))
+    (folder / "results.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if rows:
+        write_report(rows, summarise(rows, seed=seed), {q.id: q.domain for q in questions}, folder / "report.html",
+                     "loradex decide", cards=cards)
+    if as_json:
+        emit({"cards": cards})
+        return
+    for c in cards:
+        _print_card(c)
+    out.print(f"[dim]cards in {folder / 'cards.json'}; every answer in {folder / 'results.jsonl'}[/]", highlight=False)
+
+
+def _print_card(c: dict) -> None:
+    out.print(f"\n[bold]{c['capability']}[/] ({', '.join(c['domains']) or 'all domains'}): "
+              f"[bold cyan]{c['recommendation']}[/]  {c['description']}", highlight=False)
+    for part, why in c["parts"].items():
+        out.print(f"  {part}: {why}", highlight=False)
+    table = Table("question", "answer", "from", "evidence", show_lines=False)
+    for q, a in c["answers"].items():
+        value = "-" if a["answer"] is None else ("yes" if a["answer"] else "no")
+        table.add_row(q.replace("_", " "), value, a["source"], a["evidence"])
+    out.print(table)
+    for d in c["disagreements"]:
+        out.print(f"  [yellow]disagreement: {d}[/]", highlight=False)
+    for n in c["notes"]:
+        out.print(f"  note: {n}", highlight=False)

@@ -100,9 +100,25 @@ def _worst(rows: Sequence[dict], mode: str, k: int = 5) -> str:
     return f"<h3>{html.escape(mode)}: the {k} worst answers</h3><ol class=worst>{''.join(items)}</ol>"
 
 
+def _cards(cards: Sequence[dict]) -> str:
+    """`loradex decide`'s cards: the recommendation, the six answers with their sources, the disagreements."""
+    parts = ["<h2>Retrieval or adapter? (loradex decide)</h2>"]
+    for c in cards:
+        parts.append(f"<h3>{html.escape(c['capability'])}: {html.escape(c['recommendation'])}</h3>"
+                     f"<p>{html.escape(c['description'])}</p>"
+                     + "".join(f"<p>{html.escape(k)}: {html.escape(v)}</p>" for k, v in c["parts"].items()))
+        answers = [[html.escape(q.replace("_", " ")), "&ndash;" if a["answer"] is None else ("yes" if a["answer"]
+                    else "no"), html.escape(a["source"]), html.escape(a["evidence"])] for q, a in c["answers"].items()]
+        parts.append(_table(["question", "answer", "from", "evidence"], answers))
+        parts += [f"<p><b>disagreement:</b> {html.escape(d)}</p>" for d in c["disagreements"]]
+        parts += [f"<p class=src>note: {html.escape(n)}</p>" for n in c["notes"]]
+    return "\n".join(parts)
+
+
 def write_report(rows: Sequence[dict[str, Any]], summary: dict[str, Any], questions: dict[str, str | None],
-                 path: Path, title: str = "loradex eval") -> Path:
-    """Write the page to `path`; `questions` maps each question id to its domain (or None). Returns `path`."""
+                 path: Path, title: str = "loradex eval", cards: Sequence[dict] = ()) -> Path:
+    """Write the page to `path`; `questions` maps each question id to its domain (or None); `cards`, when
+    given, are `loradex decide`'s (a section of their own). Returns `path`."""
     modes = summary["modes"]
     metric_rows = [[m, *(_cell(summary["metrics"][mode][m]) for mode in modes)] for m in HEADLINE
                    if any(summary["metrics"][mode][m] for mode in modes)]
@@ -115,6 +131,7 @@ def write_report(rows: Sequence[dict[str, Any]], summary: dict[str, Any], questi
              _table(["mode", *HEADLINE], versus) if versus else "<p>No rag mode to compare with.</p>",
              "<h2>By domain</h2>", _by_domain(rows, questions, modes),
              "<h2>Routing (hybrid)</h2>", _confusion(rows, questions),
+             *([_cards(cards)] if cards else []),
              "<h2>Worst answers</h2>", *(_worst(rows, mode) for mode in modes), "</body></html>"]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

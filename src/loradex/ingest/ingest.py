@@ -5,7 +5,8 @@ costs a read and a hash; a changed one is parsed, chunked, embedded and swapped 
 commit per batch, after which the manifest is rewritten atomically. A crash between the two only
 makes the next run redo that batch. A file that cannot be read is reported and skipped; whatever
 was indexed for it before stays. `prune` removes documents whose files are gone. When the way documents are
-chunked changes (`CHUNKER_VERSION`, or `chunking.max_tokens`), the next run re-chunks every document.
+chunked changes (`CHUNKER_VERSION`, or `chunking.max_tokens`), the next run re-chunks every document. Each
+document keeps the history of its versions (`loradex decide` reads how often a domain's documents change).
 """
 from __future__ import annotations
 
@@ -154,13 +155,15 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
 
         def on_commit(batch: list[PendingDoc], chunks: list[Chunk]) -> None:
             counts = Counter(c.doc_id for c in chunks)
+            now = time.time()
             for d in batch:
                 (report.updated if d.doc_id in known else report.added).append(d.doc_id)
                 known[d.doc_id] = {"path": d.path, "version": d.version, "mtime": d.mtime,
                                    "format": d.parsed.format, "pages": d.parsed.pages,
                                    "chunks": counts[d.doc_id],
                                    "domain": d.meta.domain, "tags": list(d.meta.tags),
-                                   "groups": list(d.meta.groups), "ingested_at": time.time()}
+                                   "groups": list(d.meta.groups), "ingested_at": now,
+                                   "history": _history(known.get(d.doc_id), d.version, now)}
             project.save_manifest(manifest)
 
         if pending:  # the embedder (a model load) is needed only when something changed
@@ -177,6 +180,16 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
             project.forget_router()  # its scope reads the domains' passages
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _history(old: dict | None, version: str, now: float, keep: int = 50) -> list:
+    """`[version, first seen (Unix seconds)]` pairs of a document, oldest first, the last `keep`: a new entry
+    only when its content changed (re-chunking or new tags keep the version). `loradex decide` reads how
+    often each domain's documents change from it."""
+    history = list(old.get("history") or [[old["version"], old.get("ingested_at")]]) if old else []
+    if not history or history[-1][0] != version:
+        history.append([version, now])
+    return history[-keep:]
 
 
 def _changed(project: Project, files: list[Path], known: dict, report: IngestReport, *,

@@ -85,8 +85,11 @@ class FormatCheck(_Model):
         "Headers each answer must have at the start of a line, in this order (e.g. 'Summary:')."))
     pattern: str | None = Field(None, description="A regular expression some line must match.")
     max_chars: int | None = Field(None, ge=1, description="The longest acceptable answer, in characters.")
+    label: str | None = Field(None, description=(
+        "A regular expression whose first group is the answer's label, scored against a question's `label` "
+        "(e.g. '^Escalation: (YES|NO)'); without it the label is the answer's first word."))
 
-    @field_validator("pattern")
+    @field_validator("pattern", "label")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
@@ -94,6 +97,13 @@ class FormatCheck(_Model):
                 re.compile(value)
             except re.error as e:
                 raise ValueError(f"not a regular expression: {e}") from None
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _has_group(cls, value: str | None) -> str | None:
+        if value is not None and re.compile(value).groups < 1:
+            raise ValueError("needs a group, ( ), around the label")
         return value
 
 

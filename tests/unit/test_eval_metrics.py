@@ -2,12 +2,14 @@
 import pytest
 
 from loradex.evaluate.metrics import (
+    answer_label,
     citation_scores,
     contains_reference,
     content_recall,
     exact_match,
     format_failures,
     hit_at_k,
+    label_correct,
     normalize_answer,
     reciprocal_rank,
     repeats,
@@ -70,6 +72,27 @@ def test_format_checks_and_repetition():
     assert format_failures(claims, max_chars=10) == [f"{len(claims)} characters, over 10"]
     twice = "- The pipe is not covered. [3]\n- The pipe is not covered. [3]\n"
     assert not repeats(twice) and repeats(twice + "- The pipe is NOT covered.\n")
+
+
+def test_labels_from_a_layout_line_or_the_first_word():
+    claims = "Summary: report it [1]\nSteps:\n1. call us\nEscalation: YES - injury"
+    escalation = r"^Escalation: (YES|NO)\b"
+    assert answer_label(claims, escalation) == "yes" and label_correct(claims, "YES", escalation)
+    assert not label_correct(claims, "NO", escalation)
+    assert answer_label("Summary: no escalation line", escalation) is None  # the layout's line is missing: wrong
+    assert not label_correct("Summary: no escalation line", "NO", escalation)
+    assert answer_label("Yes, it is covered.") == "yes" and label_correct("Yes, it is covered.", "yes it is")
+    assert answer_label("") is None
+
+
+def test_a_label_pattern_needs_a_group():
+    from pydantic import ValidationError
+
+    from loradex.config import FormatCheck
+
+    assert FormatCheck(label=r"^Covered: (YES|NO|PARTLY)").label
+    with pytest.raises(ValidationError, match="needs a group"):
+        FormatCheck(label=r"^Covered: YES")
 
 
 def test_retrieval_hit_and_reciprocal_rank():

@@ -148,6 +148,24 @@ def format_failures(text: str, *, sections: Sequence[str] = (), pattern: str | N
     return failures
 
 
+def answer_label(text: str, label: str | None = None) -> str | None:
+    """The answer's label, normalised as SQuAD normalises answers (`normalize_answer`): the first group of the
+    regular expression `label` (`re.MULTILINE`) at its first match, else the answer's first word; None when
+    `label` matches nothing or the answer is empty."""
+    if label is not None:
+        m = re.search(label, text, re.MULTILINE)
+        return normalize_answer(m.group(1)) if m else None
+    words = normalize_answer(text).split()
+    return words[0] if words else None
+
+
+def label_correct(text: str, reference: str, label: str | None = None) -> bool:
+    """Whether the answer's label (`answer_label`) is the reference label: the whole normalised reference when
+    `label` is given, else its first word."""
+    ref = normalize_answer(reference)
+    return answer_label(text, label) == (ref if label is not None else (ref.split() or [""])[0])
+
+
 def hit_at_k(retrieved: Sequence[str], gold: Sequence[str], k: int) -> float:
     """1.0 when one of the first `k` retrieved ids is gold."""
     return float(any(r in set(gold) for r in retrieved[:k]))

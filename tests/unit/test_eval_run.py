@@ -131,9 +131,17 @@ def test_the_example_eval_set_is_valid_and_its_answers_are_in_its_gold_documents
     qs = load_questions(root / "eval" / "questions.jsonl", domains=set(config.domains), formats=set(config.formats))
     assert len(qs) >= 60 and sum(not q.answerable for q in qs) >= 10
     assert min(Counter(q.domain for q in qs if q.answerable).values()) >= 15
+    terms = load_questions(root / "eval" / "terminology.jsonl", domains=set(config.domains))
+    assert {q.id for q in terms} <= set(config.capabilities["terminology"].question_ids or {q.id for q in terms})
     texts = {}
-    for q in (q for q in qs if q.answerable):
+    for q in (q for q in [*qs, *terms] if q.answerable):
         for doc in q.gold_docs:
             texts.setdefault(doc, " ".join(parse_file(root / doc).text.split()).lower())
         assert any(" ".join(q.answers[0].split()).lower() in texts[d] for d in q.gold_docs), q.id
-    assert len({q.question.lower() for q in qs}) == len(qs)
+    assert len({q.question.lower() for q in [*qs, *terms]}) == len(qs) + len(terms)
+    for name, cap in config.capabilities.items():  # `loradex decide`'s capabilities name questions that exist
+        assert cap.questions and (root / cap.questions).is_file(), name
+    labelled = [q for q in qs if q.label]
+    assert {q.domain for q in labelled} == {"claims", "policy"}
+    assert all(q.label in {"YES", "NO"} for q in labelled if q.domain == "claims")
+    assert all(q.label in {"YES", "NO", "PARTLY"} for q in labelled if q.domain == "policy")

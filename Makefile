@@ -30,6 +30,7 @@ demo: setup
 	$(LDX) ask -p $(DEMO) "Can I change the day my monthly premium is collected?" --stream
 	$(LDX) ask -p $(DEMO) "Who won the football world cup in 1998?"
 	$(LDX) eval -p $(DEMO) $(DEMO)/eval/questions.jsonl --limit 3 --modes rag,hybrid
+	$(LDX) decide format_and_tone -p $(DEMO) --limit 3
 
 # PolicyQA (../shared/data/policyqa): base, rag and oracle on 200 held-out questions (about an hour on 2 cores).
 policyqa: setup

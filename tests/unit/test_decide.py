@@ -117,6 +117,8 @@ def test_cli_decide_prints_cards_writes_the_report_and_refuses_unknown_names(tin
     assert "Retrieval or adapter? (loradex decide)" in (out / "report.html").read_text()
     cards = json.loads(CliRunner().invoke(app, ["decide", "tone", "-p", root, "--json"]).stdout)["cards"]
     assert cards[0]["recommendation"] == "both"
+    one = json.loads(CliRunner().invoke(app, ["decide", "-p", root, "--json", "--limit", "1"]).stdout)["cards"]
+    assert one[0]["probes"]["questions"] == 1
     bad = CliRunner().invoke(app, ["decide", "nope", "-p", root])
     assert bad.exit_code != 0 and "unknown capability nope; the project has tone" in bad.output
     # `loradex eval` on the capability's file carries the same cards in its report

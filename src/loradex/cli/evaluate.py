@@ -87,7 +87,9 @@ def _cards_for_file(proj, questions: Path, rows: list[dict]) -> list[dict]:
 def decide(capabilities: Optional[list[str]] = typer.Argument(None, help="Capabilities to decide (default: all)."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for cards.json, results.jsonl and "
                                                   "report.html (default .loradex/eval/decide in the project)."),
-           seed: int = typer.Option(0, help="Seed of the bootstrap."),
+           limit: Optional[int] = typer.Option(None, help="Measure on this many questions per capability, drawn "
+                                               "with --seed (a quick look; the intervals widen)."),
+           seed: int = typer.Option(0, help="Seed of the --limit draw and of the bootstrap."),
            project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Retrieval, an adapter or both, per capability in loradex.yaml: six questions, stated, inferred or
     measured (eval answers in base, rag, adapter and hybrid mode, cached), and where they disagree."""
@@ -97,7 +99,7 @@ def decide(capabilities: Optional[list[str]] = typer.Argument(None, help="Capabi
 
     proj = open_checked(project)
     with progress("answering", "answers", disable=as_json) as update:
-        cards, rows, questions = run_decide(proj, capabilities or (), seed=seed, progress=update)
+        cards, rows, questions = run_decide(proj, capabilities or (), seed=seed, limit=limit, progress=update)
     folder = out_dir or proj.state_dir / "eval" / "decide"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cards.json").write_text(json.dumps(cards, indent=1))

@@ -25,6 +25,7 @@ contradicts is reported as a disagreement, in words.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -213,11 +214,12 @@ def capability_questions(project: Project, cap: CapabilityConfig) -> list[Questi
     return [q for q in qs if q.domain in cap.domains] if cap.domains else qs
 
 
-def decide(project: Project, names: Sequence[str] = (), *, seed: int = 0,
+def decide(project: Project, names: Sequence[str] = (), *, seed: int = 0, limit: int | None = None,
            progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[dict], list[Question]]:
     """The cards of the capabilities `names` (all when empty), the eval rows they were measured on (answered
-    now or read from `loradex eval`'s cache) and the questions. Raises QueryError for an unknown capability or
-    when the project declares none."""
+    now or read from `loradex eval`'s cache) and the questions; `limit` draws that many questions of each
+    capability with `seed` (a quick look: intervals on a few questions are wide). Raises QueryError for an
+    unknown capability or when the project declares none."""
     from .run import evaluate
 
     caps = project.config.capabilities
@@ -229,6 +231,9 @@ def decide(project: Project, names: Sequence[str] = (), *, seed: int = 0,
         raise QueryError(f"unknown capability {', '.join(unknown)}; the project has {', '.join(caps)}")
     chosen = {n: caps[n] for n in (names or caps)}
     questions = {n: capability_questions(project, c) for n, c in chosen.items()}
+    if limit is not None:
+        questions = {n: qs if len(qs) <= limit else [qs[i] for i in sorted(random.Random(seed).sample(
+            range(len(qs)), limit))] for n, qs in questions.items()}
     every = list({q.id + q.question: q for qs in questions.values() for q in qs}.values())
     rows = evaluate(project, every, MODES, progress=progress) if every else []
     return cards_from_rows(project, chosen, questions, rows, seed), rows, every

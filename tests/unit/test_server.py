@@ -243,3 +243,20 @@ def test_loradex_serve_command(project_dir, tmp_path, monkeypatch):
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert "user-key" not in err and "admin-key" not in err  # keys are never logged
+
+
+def test_a_streamed_line_that_repeats_an_earlier_one_is_never_sent(project_dir, tmp_path, monkeypatch):
+    """The model loops (as SmolLM2 did on the demo's billing question): the stream sends each line once."""
+    from loradex.server.app import create_app
+
+    looping = "Fee: none [1]\n1. Call us. [1]\n2. Pick a day. [1]\n2. Pick a day. [1]\n2. Pick a day. [1]"
+    proj, _ = _project(project_dir, tmp_path, monkeypatch, engine=EchoEngine(reply=looping))
+    running = ThreadedServer(create_app(proj))
+    try:
+        chunks = list(_client(running).chat.completions.create(
+            model="auto", stream=True, messages=[{"role": "user", "content": "police report for a stolen bike"}]))
+    finally:
+        running.stop()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.strip() == "Fee: none [1]\n1. Call us. [1]\n2. Pick a day. [1]"
+    assert chunks[-1].model_extra["repeated"] == ["Pick a day. [1]", "Pick a day. [1]"]  # kept out of the answer

@@ -2,8 +2,9 @@
 
 - `model` is `auto` (the router picks), `base` (no router, no adapter), a domain name (its active adapter)
   or `domain@version` (that adapter version, a prefix of its hash, `sha256:` optional). The last user message
-  is the question. `stream: true` sends server-sent events ending in `data: [DONE]`; the last chunk before
-  it carries the checked `answer` (bad citations removed).
+  is the question. `stream: true` sends server-sent events ending in `data: [DONE]`, a line of the answer at a
+  time (a line that repeats an earlier one is never sent, `loradex.cite.RepeatFilter`); the last chunk before
+  it carries the checked `answer` (bad citations and repeated sentences removed).
 - Answers carry the usual fields plus `citations`, `sources`, `route`, `adapter`, `abstained`, `flagged` and
   `repeated`.
 - A `loradex` object in the body tunes one request: `{"retrieval": false}` (adapter only), `{"k": 6}`.
@@ -25,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ..cite import RepeatFilter
 from ..errors import AdapterError
 from ..pipeline import Prepared, complete, joined, prepare
 from ..types import Answer, Filters
@@ -209,11 +211,14 @@ def _events(state: ServerState, prepared: Prepared, reply: _Reply, t0: float) ->
             yield _chunk(reply, {"content": answer.answer})
         else:
             assert prepared.request is not None
-            pieces = []
+            pieces, shown = [], RepeatFilter()  # whole lines, never one that repeats an earlier one
             t_gen = time.perf_counter()
             for piece in state.project.engine.stream(prepared.request):
                 pieces.append(piece)
-                yield _chunk(reply, {"content": piece})
+                if text := shown.feed(piece):
+                    yield _chunk(reply, {"content": text})
+            if rest := shown.finish():
+                yield _chunk(reply, {"content": rest})
             answer = complete(state.project, prepared, joined(pieces), (time.perf_counter() - t_gen) * 1000)
         # the last chunk carries the checked answer: the text with bad citations removed, and its sources
         yield _chunk(reply, {}, "stop", answer=answer.answer, **_extras(answer))

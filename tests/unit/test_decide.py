@@ -96,7 +96,9 @@ def test_an_adapter_that_states_document_facts_without_sources_is_flagged():
     rows = [row(i, "base", 0.0) for i in ids] + [row(i, "adapter", 1.0) for i in ids] + \
         [row(i, "rag", 1.0) for i in ids] + [row(i, "hybrid", 1.0) for i in ids]
     cap = CapabilityConfig(domains=["claims"], targets={"contains_answer": 0.8})
-    p = probe(rows, set(ids), cap.targets)
+    from loradex.evaluate.questions import Question
+
+    p = probe(rows, [Question(i, "q?") for i in ids], cap.targets)
     assert p["memorisation"]["low"] > 0 and p["meets_targets"] == {"contains_answer": True}
     c = card("facts", cap, {"documents": 3, "changed": 0, "changes": 0, "span_days": 0.0}, {"claims": 600}, True, p)
     assert any(n.startswith("the adapter states document facts with no sources (+1.00") for n in c["notes"])
@@ -133,3 +135,26 @@ def test_a_project_without_capabilities_or_with_a_wrong_domain_is_told_what_to_d
         decide(proj)
     with pytest.raises(ConfigError, match=r"capabilities.x.domains: 'nope' not in `domains`"):
         open_project(project_dir(DOCS, ECHO + "capabilities:\n  x: {domains: [nope]}\n"))
+
+
+def test_judgement_is_measured_against_always_giving_the_commonest_label():
+    """6 of 8 questions are labelled NO: an adapter right on 4 of 8 is worse than always answering NO."""
+    from loradex.config import SixQuestions
+    from loradex.evaluate.questions import Question
+
+    qs = [Question(f"q{i}", "escalate?", label="NO" if i < 6 else "YES") for i in range(8)]
+    rows = [{"id": q.id, "mode": m, "metrics": {"contains_answer": None, "format_ok": 1.0 if m == "hybrid" else 0.0,
+                                                "label_accuracy": float(m == "hybrid" and i % 2 == 0),
+                                                "verified_citation": None}}
+            for i, q in enumerate(qs) for m in ("base", "rag", "adapter", "hybrid")]
+    p = probe(rows, qs, {})
+    assert p["majority_label"] == "no" and p["means"]["majority"]["label_accuracy"]["value"] == 0.75
+    assert p["label_gain"]["value"] == -0.25
+    cap = CapabilityConfig(domains=["claims"], answers=SixQuestions(domain_reasoning=True, format_or_style=False))
+    c = card("escalation", cap, {"documents": 0, "changed": 0, "changes": 0, "span_days": 0.0}, {}, False, p)
+    assert c["disagreements"] == [  # an adapter that raises format adherence does not contradict "not format"
+        "you said it is domain reasoning, but the adapter's judgement does not beat always giving the commonest "
+        f"label: majority 0.75 -> hybrid 0.50, difference {p['label_gain']['value']:+.2f} "
+        f"[{p['label_gain']['low']:+.2f}, {p['label_gain']['high']:+.2f}], n=8"]
+    assert c["answers"]["format_or_style"]["answer"] is False and c["answers"]["pattern_recognition"] == {
+        "answer": False, "source": "measured", "evidence": c["disagreements"][0].split("but ", 1)[1]}

@@ -15,7 +15,8 @@ interval (`loradex.evaluate.stats`):
 
 - retrieval sufficiency: rag's mean of each target metric (`targets`, e.g. contains_answer 0.8) against it;
 - factual lookup: rag - base on containing the reference;
-- adapter gain: hybrid - rag on format adherence (`format_ok`) and on label accuracy (judgement questions);
+- adapter gain: hybrid - rag on format adherence (`format_ok`); on judgement questions (a `label`), hybrid's
+  label accuracy - always giving the commonest label (a mode without the layout's label line cannot score);
 - memorisation risk: adapter (no sources) - base on containing the reference: facts the adapter states from
   its weights go stale when the documents change;
 - data sufficiency: the examples the domain's active adapter was trained on, against the rule of thumb.
@@ -26,11 +27,13 @@ contradicts is reported as a disagreement, in words.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import CapabilityConfig, SixQuestions
 from ..errors import QueryError
+from .metrics import normalize_answer
 from .questions import Question, load_questions
 from .stats import bootstrap, paired_bootstrap
 
@@ -51,8 +54,9 @@ WORDS = {  # question: (said yes, said no)
     "domain_reasoning": ("it is domain reasoning", "it is not domain reasoning"),
     "factual_lookup": ("it is factual lookup", "it is not factual lookup"),
     "pattern_recognition": ("it is pattern recognition", "it is not pattern recognition")}
-_JUDGEMENT = ("the adapter raises judgement (label) accuracy", "the adapter does not raise judgement (label) accuracy",
-              "rag", "hybrid", "label_accuracy", "label_gain")
+_JUDGEMENT = ("the adapter's judgement beats always giving the commonest label",
+              "the adapter's judgement does not beat always giving the commonest label", "majority", "hybrid",
+              "label_accuracy", "label_gain")
 MEASURED = {  # question: (found yes, found no, from mode, to mode, metric, probe)
     "factual_lookup": ("sources raise containing the reference", "sources do not raise containing the reference",
                        "base", "rag", "contains_answer", "lookup_gain"),
@@ -101,25 +105,31 @@ def trained_examples(project: Project, domains: Sequence[str]) -> dict[str, int 
     return out
 
 
-def probe(rows: Sequence[dict], ids: set[str], targets: dict[str, float], seed: int = 0) -> dict:
-    """The measured probes on the questions `ids` of eval `rows` (see the module docstring)."""
+def probe(rows: Sequence[dict], questions: Sequence[Question], targets: dict[str, float], seed: int = 0) -> dict:
+    """The measured probes on `questions` from eval `rows` (see the module docstring). Judgement is measured
+    against always answering the commonest label of the labelled questions (`majority`): a mode without the
+    layout's label line scores 0, so rag is no baseline for it."""
+    ids = {q.id for q in questions}
     by = {m: {r["id"]: r["metrics"] for r in rows if r["mode"] == m and r["id"] in ids} for m in MODES}
+    labels = {q.id: normalize_answer(q.label) for q in questions if q.label}
+    if labels:
+        common = Counter(labels.values()).most_common(1)[0][0]
+        by["majority"] = {i: {"label_accuracy": float(v == common)} for i, v in labels.items()}
 
     def diff(a: str, b: str, metric: str) -> dict | None:
-        shared = [i for i in by[a] if i in by[b]]
+        shared = [i for i in by.get(a, {}) if i in by.get(b, {})]
         return _iv(paired_bootstrap([by[a][i][metric] for i in shared], [by[b][i][metric] for i in shared],
                                     seed=seed)) if shared else None
 
     rag = {k: _iv(bootstrap([v.get(k) for v in by["rag"].values()], seed=seed)) for k in targets}
-    return {"questions": len(ids), "rag": rag,
-            "meets_targets": {k: _meets(rag[k], t) for k, t in targets.items()},
-            "lookup_gain": diff("rag", "base", "contains_answer"),
-            "format_gain": diff("hybrid", "rag", "format_ok"),
-            "label_gain": diff("hybrid", "rag", "label_accuracy"),
-            "memorisation": diff("adapter", "base", "contains_answer"),
-            "means": {m: {k: _iv(bootstrap([v[k] for v in by[m].values()], seed=seed))
-                          for k in ("contains_answer", "format_ok", "label_accuracy", "verified_citation")}
-                      for m in MODES if by[m]}}
+    means = {m: {k: _iv(bootstrap([v.get(k) for v in by[m].values()], seed=seed))
+                 for k in ("contains_answer", "format_ok", "label_accuracy", "verified_citation")}
+             for m in by if by[m]}
+    return {"questions": len(ids), "rag": rag, "meets_targets": {k: _meets(rag[k], t) for k, t in targets.items()},
+            "lookup_gain": diff("rag", "base", "contains_answer"), "format_gain": diff("hybrid", "rag", "format_ok"),
+            "label_gain": diff("hybrid", "majority", "label_accuracy"),
+            "majority_label": common if labels else None,
+            "memorisation": diff("adapter", "base", "contains_answer"), "means": means}
 
 
 def _meets(interval: dict | None, target: float) -> bool | None:
@@ -162,8 +172,10 @@ def _answers(cap: CapabilityConfig, changes: dict, has_docs: bool, p: dict) -> t
             answers[name] = {"answer": value, "source": how, "evidence": evidence}
             continue
         answers[name] = {"answer": stated[name], "source": "stated", "evidence": evidence}
-        contradicted = how == "measured" and value is not None and value != stated[name] or (
-            name == "changes_over_time" and stated[name] is False and value is True)
+        # an adapter-side "no" is not contradicted by an adapter that happens to help; everything else is
+        contradicted = value is not None and value != stated[name] and (
+            (how == "measured" and (stated[name] or name == "factual_lookup"))
+            or (name == "changes_over_time" and value is True))
         if contradicted:
             disagree.append(f"you said {WORDS[name][0 if stated[name] else 1]}, but {evidence}")
     return answers, disagree
@@ -246,7 +258,7 @@ def cards_from_rows(project: Project, chosen: dict[str, CapabilityConfig], quest
     for n, cap in chosen.items():
         domains = cap.domains or list(project.config.domains)
         has_docs = any(project.config.domains[d].paths for d in domains if d in project.config.domains)
-        p = probe(rows, {q.id for q in questions[n]}, cap.targets, seed)
+        p = probe(rows, questions[n], cap.targets, seed)
         cards.append(card(n, cap, document_changes(project, cap.domains), trained_examples(project, domains),
                           has_docs or not project.config.domains, p))
     return cards

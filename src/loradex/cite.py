@@ -22,6 +22,7 @@ STOP = frozenset("""a an and are as at be been but by can could did do does for 
 into is it its may might must no not of on or our should so such than that the their them then there these
 they this to was we were what when where which while who will with within would you your yes also any all
 each per""".split())
+VERIFIER_VERSION = 2  # 2: a sentence its cited sources do not support is re-cited to one that does
 MIN_QUOTE_WORDS = 6
 MIN_OVERLAP = 0.6
 
@@ -41,7 +42,7 @@ class CitationCheck:
     verified: bool
     reason: str
     quote: str
-    added: bool = False  # attributed by loradex to an uncited sentence, not written by the model
+    added: bool = False  # attributed (or re-cited) by loradex, not written by the model
 
 
 @dataclass
@@ -175,8 +176,10 @@ def support(claim: str, passage: str) -> Support:
 def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Verification:
     """Check every citation of `answer` against `passages` (source n is passages[n-1]).
 
-    With `attribute=True`, a sentence the model left uncited gets the source that best supports it,
-    marked `added` so model-made and loradex-made citations stay distinguishable."""
+    With `attribute=True`, a sentence the model left uncited gets the source that best supports it, and a
+    sentence whose cited sources do not support it is re-cited to the source that does (a small model often
+    cites the wrong number: the shipped adapters cite their last source most); both are marked `added`, so
+    model-made and loradex-made citations stay distinguishable."""
     removed = [n for n in parse_citations(answer) if not 1 <= n <= len(passages)]
     text = _drop(answer, set(removed)) if removed else answer
     added: dict = {}
@@ -218,16 +221,31 @@ def _best_support(claim: str, passages: list[str]) -> tuple[int, Support] | None
     return max(ok, key=lambda x: (x[1].strength, -x[0])) if ok else None
 
 
+def _wrongly_cited(body: str, passages: list[str]) -> list[int]:
+    """The sentence's cited numbers when none of those sources supports it, else []."""
+    cited = parse_citations(body)
+    claim = CITATION.sub("", body).strip()
+    return [] if any(support(claim, passages[n - 1]).ok for n in cited) else cited
+
+
 def _attribute(text: str, passages: list[str]) -> tuple[str, dict[str, tuple[int, Support]]]:
-    """Append `[n]` to each uncited sentence that source n supports; also returns what was added."""
+    """Append `[n]` to each uncited sentence that source n supports, and re-cite a sentence whose cited sources
+    do not support it to the one that does (the model's numbers replaced, the reason saying so); also returns
+    what was added."""
     out, pos, added = [], 0, {}
     for m in _SENTENCE.finditer(text):
         sent = m.group(0)
         body = sent.rstrip()
         out.append(text[pos : m.start()])
-        best = None if parse_citations(sent) or not body.strip() else _best_support(body, passages)
+        wrong = _wrongly_cited(body, passages) if parse_citations(sent) else []
+        best = None if (parse_citations(sent) and not wrong) or not body.strip() else \
+            _best_support(CITATION.sub("", body).rstrip(), passages)
+        if best and wrong:
+            cited = ", ".join(map(str, wrong))
+            best = (best[0], Support(True, f"re-cited by loradex: [{cited}] does not support it; {best[1].reason}",
+                                     best[1].quote, best[1].strength))
         if best:
-            body = f"{body} [{best[0]}]"
+            body = f"{CITATION.sub('', body).rstrip()} [{best[0]}]"
             added[body.strip()] = best
         out.append(body + sent[len(sent.rstrip()):])
         pos = m.end()

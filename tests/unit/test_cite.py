@@ -70,10 +70,20 @@ def test_attribution_adds_verified_citations_to_uncited_supported_sentences():
                       "Windscreens are free everywhere.")
     assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, True, True)]
     assert v.flagged == []
-    # model-made citations are left to the normal check, never re-attributed
+    # a model-made citation to a source that does not support the sentence is re-cited to the one that does,
+    # marked as loradex's, the reason naming the model's number; without attribution it is only flagged
     v = verify("The grace period for a missed payment is 14 days [1].", [P1, P2], attribute=True)
+    assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, True, True)] and v.flagged == []
+    assert v.text == "The grace period for a missed payment is 14 days. [2]"
+    assert v.checks[0].reason.startswith("re-cited by loradex: [1] does not support it; ")
+    v = verify("The grace period for a missed payment is 14 days [1].", [P1, P2])
     assert [(c.n, c.verified, c.added) for c in v.checks] == [(1, False, False)]
     assert v.flagged[0]["supported_by"] == [2]
+    # a right citation stays the model's; a sentence no source supports keeps its number and is flagged
+    v = verify("The grace period for a missed payment is 14 days [2]. Cats fly to Mars daily [1].", [P1, P2],
+               attribute=True)
+    assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, True, False), (1, False, False)]
+    assert v.flagged[0]["sentence"] == "Cats fly to Mars daily."
 
 
 def test_drop_repeats_keeps_the_first_occurrence_and_the_layout():

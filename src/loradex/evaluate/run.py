@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_text
+from ..cite import VERIFIER_VERSION
 from ..errors import QueryError
 from ..types import Answer, Filters
 from .metrics import (
@@ -64,14 +65,16 @@ def _ask(project: Project, q: Question, mode: str) -> Answer | None:
 def state_key(project: Project, mode: str = "hybrid") -> str:
     """A hash of what `mode`'s answers depend on besides the question: the model, engine and answer settings
     for every mode (settings left at their defaults are not counted, so a new setting does not void the
-    cache); the documents and retrieval settings for modes with sources; the active adapters and the router
+    cache); the documents, retrieval settings and `VERIFIER_VERSION` (the citation check shapes the answer
+    shown) for modes with sources; the active adapters and the router
     for modes with an adapter."""
     cfg = project.config
     blob: list = [cfg.name, cfg.model, cfg.engine, cfg.answer.model_dump(exclude_defaults=True)]
     if mode != "adapter" and mode != "base":
         manifest = project.load_manifest()
         docs = {d: m["version"] for d, m in manifest["documents"].items()}
-        blob += [cfg.embedder, cfg.retrieval.model_dump(exclude_defaults=True), docs, manifest.get("chunker")]
+        blob += [cfg.embedder, cfg.retrieval.model_dump(exclude_defaults=True), docs, manifest.get("chunker"),
+                 VERIFIER_VERSION]
     if mode in ("adapter", "hybrid"):
         adapters = sorted((p.parent.name, p.read_text())
                           for p in (project.state_dir / "adapters").glob("*/active.json"))

@@ -48,14 +48,7 @@ DEMO = [  # make demo's three domain questions, and the documents' facts each an
     ("policy", "Does my home insurance cover damage from a burst pipe?", ("Covered: YES", "escape of water")),
     ("billing", "Can I change the day my monthly premium is collected?", ("1st, 8th, 15th or 22nd",)),
 ]
-KNOWN_WRONG = {  # issue 17 is open: these fail today, and xfail(strict) says so until they pass
-    "policy": "the policy adapter answers 'Covered: NO' for a burst pipe (escape of water is an insured event)",
-}
-
-
-@pytest.mark.parametrize("domain,question,facts", [
-    pytest.param(d, q, f, marks=pytest.mark.xfail(reason=KNOWN_WRONG[d], strict=True) if d in KNOWN_WRONG else ())
-    for d, q, f in DEMO])
+@pytest.mark.parametrize("domain,question,facts", DEMO)
 def test_the_demo_answers_are_right_cited_in_form_and_never_repeat(project, domain, question, facts):
     from loradex.evaluate.metrics import format_failures, repeats
 

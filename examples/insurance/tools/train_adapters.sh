@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Trains the example project's three domain adapters with loradex's defaults (retrieval-aware: sources from the
 # project's index in every prompt) and exports them to examples/insurance/adapters/<domain>/ (plain PEFT +
-# manifest), where `make demo` imports them from. Ingest the project first. The shipped ones ran the same loop on
-# a lent GPU (`loradex train --prepare`, then `python -m loradex.adapters.remote`): about 30 s each there; on
-# 2 CPU cores, prompts with sources make it several times the 24 minutes a question-only adapter took (not
-# measured). Run from anywhere: bash examples/insurance/tools/train_adapters.sh
+# manifest), where `make demo` imports them from. Ingest the project first. The shipped claims and billing
+# adapters ran the same loop on a lent GPU (`loradex train --prepare`, then `python -m loradex.adapters.remote`),
+# about 30 s each there, but with prompts cut to 1,024 tokens (loradex now refuses an over-long example instead);
+# the shipped policy adapter was retrained on whole prompts (max_seq_len 2048) on 2 CPU cores: 69 steps in
+# 52 minutes. Run from anywhere: bash examples/insurance/tools/train_adapters.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 ldx="${LDX:-$here/../../.venv/bin/loradex}"

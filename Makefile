@@ -7,7 +7,7 @@ LDX := $(VENV)/bin/loradex
 STAMP := $(VENV)/.installed-stamp
 DEMO := examples/insurance
 
-.PHONY: setup demo test test-fast lint bench clean policyqa
+.PHONY: setup demo test test-fast lint bench clean policyqa policyqa-adapters
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -37,6 +37,17 @@ policyqa: setup
 	$(PY) examples/policyqa/prepare.py
 	$(LDX) ingest -p examples/policyqa
 	$(LDX) eval examples/policyqa/eval/questions.jsonl -p examples/policyqa --modes base,rag,oracle --out examples/policyqa/eval/report
+
+# The two shipped PolicyQA adapters on 100 of the held-out questions (run `make policyqa` first): the one trained
+# to quote and cite from sources with sources (hybrid, beside rag), then the one trained without documents, alone
+# (adapter) and with sources (hybrid). About an hour on 2 cores.
+PQ := examples/policyqa
+PQEVAL := $(LDX) eval $(PQ)/eval/questions.jsonl -p $(PQ) --limit 100
+policyqa-adapters: setup
+	$(LDX) adapters import $(PQ)/adapters/privacy-raft --domain privacy --activate -p $(PQ)
+	$(PQEVAL) --modes rag,hybrid --out $(PQ)/eval/report-raft
+	$(LDX) adapters import $(PQ)/adapters/privacy-closed --domain privacy --activate -p $(PQ)
+	$(PQEVAL) --modes adapter,hybrid --out $(PQ)/eval/report-closed
 
 test: lint
 	$(PY) -m pytest -q

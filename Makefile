@@ -38,11 +38,11 @@ policyqa: setup
 	$(LDX) ingest -p examples/policyqa
 	$(LDX) eval examples/policyqa/eval/questions.jsonl -p examples/policyqa --modes base,rag,oracle --out examples/policyqa/eval/report
 
-# The two shipped PolicyQA adapters on 100 of the held-out questions (run `make policyqa` first): the one trained
+# The two shipped PolicyQA adapters on 50 of the held-out questions (run `make policyqa` first): the one trained
 # to quote and cite from sources with sources (hybrid, beside rag), then the one trained without documents, alone
-# (adapter) and with sources (hybrid). About an hour on 2 cores.
+# (adapter) and with sources (hybrid). About 20 minutes on 2 cores.
 PQ := examples/policyqa
-PQEVAL := $(LDX) eval $(PQ)/eval/questions.jsonl -p $(PQ) --limit 100
+PQEVAL := $(LDX) eval $(PQ)/eval/questions.jsonl -p $(PQ) --limit 50
 policyqa-adapters: setup
 	$(LDX) adapters import $(PQ)/adapters/privacy-raft --domain privacy --activate -p $(PQ)
 	$(PQEVAL) --modes rag,hybrid --out $(PQ)/eval/report-raft

@@ -23,11 +23,10 @@ def _cli(*args):
 def test_train_activate_rollback_import_and_serve(tmp_path):
     root = copy_example(tmp_path / "insurance")
     data = REPO / "examples/insurance/train/claims.jsonl"
-    first = _cli("train", "claims", "--data", data, "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "256",
-                 "--activate", "-p", root)
+    quick = ("--max-steps", "2", "--batch-size", "2", "--max-seq-len", "512", "--no-context")
+    first = _cli("train", "claims", "--data", data, *quick, "--activate", "-p", root)
     assert first["active"] and first["metrics"]["steps"] == 2
-    second = _cli("train", "claims", "--data", data, "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "256",
-                  "--lr", "1e-3", "-p", root)
+    second = _cli("train", "claims", "--data", data, *quick, "--lr", "1e-3", "-p", root)
     assert second["version"] != first["version"]
     assert _cli("adapters", "activate", "claims", second["version"][:12], "-p", root) == {"active": second["adapter"]}
     assert _cli("adapters", "rollback", "claims", "-p", root) == {"active": first["adapter"]}

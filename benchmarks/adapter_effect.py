@@ -168,7 +168,7 @@ def forgetting(engine, adapters: list[str], system: str) -> dict:
 def closed_book(proj, engine, args, work: Path) -> dict:
     examples, _ = load_examples(REPO / "examples/insurance/train/claims.jsonl")
     raft = with_context(proj, examples, domain="claims")
-    settings = TrainSettings(epochs=1, batch_size=4, max_seq_len=1024, lr=args.lr, max_steps=args.raft_steps,
+    settings = TrainSettings(epochs=1, batch_size=4, max_seq_len=2048, lr=args.lr, max_steps=args.raft_steps,
                              replay=args.replay)
     adapter_dir, metrics = fit(proj.base_model_dir, raft, work / "raft", settings, proj.config.name)
     engine.load_adapter("raft", adapter_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 CITATION = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)(?:\s*\[\d{1,3}(?:\s*,\s*\d{1,3})*\])*")
@@ -151,8 +152,10 @@ def _best_sentence(claim_words: set[str], passage: str) -> str:
     return max(scored, default=(0, passage[:200]))[1][:240]
 
 
+@lru_cache(maxsize=4096)
 def support(claim: str, passage: str) -> Support:
-    """Whether `passage` supports `claim` (a sentence with its citation markers removed)."""
+    """Whether `passage` supports `claim` (a sentence with its citation markers removed). Cached: attribution
+    and the check after it ask the same questions."""
     missing = _numbers(claim) - _numbers(passage)
     if missing:
         return Support(False, f"number {sorted(missing)[0]} does not appear in the source")
@@ -221,13 +224,6 @@ def _best_support(claim: str, passages: list[str]) -> tuple[int, Support] | None
     return max(ok, key=lambda x: (x[1].strength, -x[0])) if ok else None
 
 
-def _wrongly_cited(body: str, passages: list[str]) -> list[int]:
-    """The sentence's cited numbers when none of those sources supports it, else []."""
-    cited = parse_citations(body)
-    claim = CITATION.sub("", body).strip()
-    return [] if any(support(claim, passages[n - 1]).ok for n in cited) else cited
-
-
 def _attribute(text: str, passages: list[str]) -> tuple[str, dict[str, tuple[int, Support]]]:
     """Append `[n]` to each uncited sentence that source n supports, and re-cite a sentence whose cited sources
     do not support it to the one that does (the model's numbers replaced, the reason saying so); also returns
@@ -237,15 +233,16 @@ def _attribute(text: str, passages: list[str]) -> tuple[str, dict[str, tuple[int
         sent = m.group(0)
         body = sent.rstrip()
         out.append(text[pos : m.start()])
-        wrong = _wrongly_cited(body, passages) if parse_citations(sent) else []
-        best = None if (parse_citations(sent) and not wrong) or not body.strip() else \
-            _best_support(CITATION.sub("", body).rstrip(), passages)
+        cited = parse_citations(body)
+        claim = CITATION.sub("", body).rstrip()
+        wrong = bool(cited) and not any(support(claim.strip(), passages[n - 1]).ok for n in cited)
+        best = _best_support(claim, passages) if body.strip() and (wrong or not cited) else None
         if best and wrong:
-            cited = ", ".join(map(str, wrong))
-            best = (best[0], Support(True, f"re-cited by loradex: [{cited}] does not support it; {best[1].reason}",
+            numbers = ", ".join(map(str, cited))
+            best = (best[0], Support(True, f"re-cited by loradex: [{numbers}] does not support it; {best[1].reason}",
                                      best[1].quote, best[1].strength))
         if best:
-            body = f"{CITATION.sub('', body).rstrip()} [{best[0]}]"
+            body = f"{claim} [{best[0]}]"
             added[body.strip()] = best
         out.append(body + sent[len(sent.rstrip()):])
         pos = m.end()

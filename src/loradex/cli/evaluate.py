@@ -3,7 +3,6 @@ retrieval, an adapter or both for each capability, from those answers."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Optional
 
@@ -26,16 +25,14 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
                                                     "(default .loradex/eval/latest in the project)."),
              project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Answer every question in every mode (cached), score the answers, and compare each mode with rag."""
-    from ..evaluate.questions import load_questions
+    from ..evaluate.questions import draw, load_questions
     from ..evaluate.report import write_report
     from ..evaluate.run import evaluate as run_eval
     from ..evaluate.run import summarise
 
     proj = open_checked(project)
-    qs = load_questions(questions, domains=set(proj.config.domains), formats=set(proj.config.formats))
-    if limit is not None and limit < len(qs):
-        keep = set(random.Random(seed).sample(range(len(qs)), limit))
-        qs = [q for i, q in enumerate(qs) if i in keep]
+    qs = draw(load_questions(questions, domains=set(proj.config.domains), formats=set(proj.config.formats)),
+              limit, seed)
     with progress("answering", "answers", disable=as_json) as update:
         rows = run_eval(proj, qs, [m.strip() for m in modes.split(",") if m.strip()], progress=update)
     summary = summarise(rows, seed=seed)

@@ -26,7 +26,6 @@ contradicts is reported as a disagreement, in words.
 """
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import CapabilityConfig, SixQuestions
 from ..errors import QueryError
 from .metrics import normalize_answer
-from .questions import Question, load_questions
+from .questions import Question, draw, load_questions
 from .stats import bootstrap, paired_bootstrap
 
 if TYPE_CHECKING:
@@ -121,10 +120,10 @@ def probe(rows: Sequence[dict], questions: Sequence[Question], targets: dict[str
         return _iv(paired_bootstrap([by[a][i][metric] for i in shared], [by[b][i][metric] for i in shared],
                                     seed=seed)) if shared else None
 
-    rag = {k: _iv(bootstrap([v.get(k) for v in by["rag"].values()], seed=seed)) for k in targets}
-    means = {m: {k: _iv(bootstrap([v.get(k) for v in by[m].values()], seed=seed))
-                 for k in ("contains_answer", "format_ok", "label_accuracy", "verified_citation")}
+    metrics = dict.fromkeys(("contains_answer", "format_ok", "label_accuracy", "verified_citation", *targets))
+    means = {m: {k: _iv(bootstrap([v.get(k) for v in by[m].values()], seed=seed)) for k in metrics}
              for m in by if by[m]}
+    rag = {k: means.get("rag", {}).get(k) for k in targets}
     return {"questions": len(ids), "rag": rag, "meets_targets": {k: _meets(rag[k], t) for k, t in targets.items()},
             "lookup_gain": diff("rag", "base", "contains_answer"), "format_gain": diff("hybrid", "rag", "format_ok"),
             "label_gain": diff("hybrid", "majority", "label_accuracy"),
@@ -242,10 +241,7 @@ def decide(project: Project, names: Sequence[str] = (), *, seed: int = 0, limit:
     if unknown:
         raise QueryError(f"unknown capability {', '.join(unknown)}; the project has {', '.join(caps)}")
     chosen = {n: caps[n] for n in (names or caps)}
-    questions = {n: capability_questions(project, c) for n, c in chosen.items()}
-    if limit is not None:
-        questions = {n: qs if len(qs) <= limit else [qs[i] for i in sorted(random.Random(seed).sample(
-            range(len(qs)), limit))] for n, qs in questions.items()}
+    questions = {n: draw(capability_questions(project, c), limit, seed) for n, c in chosen.items()}
     every = list({q.id + q.question: q for qs in questions.values() for q in qs}.values())
     rows = evaluate(project, every, MODES, progress=progress) if every else []
     return cards_from_rows(project, chosen, questions, rows, seed), rows, every

@@ -9,6 +9,7 @@ is reported as `file:line: field: problem`, all of them at once.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import DataError
 
-__all__ = ["Question", "load_questions"]
+__all__ = ["Question", "draw", "load_questions"]
 
 
 class _Record(BaseModel):
@@ -87,3 +88,11 @@ def load_questions(path: Path, *, domains: set[str] | None = None, formats: set[
     if not out:
         raise DataError(f"{path}: no questions")
     return out
+
+
+def draw(questions: list[Question], limit: int | None, seed: int) -> list[Question]:
+    """`limit` of `questions` drawn with `seed`, in file order; all of them when `limit` is None or not smaller."""
+    if limit is None or limit >= len(questions):
+        return questions
+    keep = set(random.Random(seed).sample(range(len(questions)), limit))
+    return [q for i, q in enumerate(questions) if i in keep]

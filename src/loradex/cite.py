@@ -9,12 +9,30 @@ module does no entailment and says so in each reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import lru_cache
 
-CITATION = re.compile(r"\s?\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)(?:\s*\[\d{1,3}(?:\s*,\s*\d{1,3})*\])*")
+# One citation grammar for every form a model writes: brackets [1], [1, 2], [1; 7], [1-3], [Source 7],
+# [Sources 1 and 2], [^1]; full-width ［1］ and 【1】; parentheses with a word, (Source 7), (see passages 2-3);
+# footnote superscripts after punctuation or a word of three letters or more (hours¹, "m²" is a unit, not a
+# citation). Numbers have 1-3 digits, so [2024] is not a citation.
+_WORDS = r"(?:sources?|src|docs?|documents?|passages?|refs?|references?|citations?|contexts?|excerpts?)"
+_ITEM = rf"(?:{_WORDS}\s*[:#]?\s*)?#?\d{{1,3}}(?:\s*(?:-|\u2013|\u2014|to)\s*(?:{_WORDS}\s*)?#?\d{{1,3}})?"
+_LIST = rf"{_ITEM}(?:\s*(?:,|;|&|\band\b)\s*{_ITEM})*"
+_SEE = r"(?:(?:see|cf\.?)\s+)?"
+_SUPERSCRIPT = "\u00b9\u00b2\u00b3\u2070\u2074-\u2079"
+_SUP_DIGITS = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079", "0123456789")
+CITATION = re.compile(
+    rf"\s?(?:\[\^?{_SEE}{_LIST}\]|\uff3b{_SEE}{_LIST}\uff3d|\u3010{_SEE}{_LIST}\u3011"
+    rf"|\({_SEE}{_WORDS}\s*[:#]?\s*{_LIST}\)"
+    rf"|(?:(?<=[.,;:)\]])|(?<=[^\W\d_]{{3}}))[{_SUPERSCRIPT}]+(?:[,\u02d2][{_SUPERSCRIPT}]+)*)",
+    re.IGNORECASE)
+_CITATION_RUN = re.compile(rf"(?:{CITATION.pattern})+", re.IGNORECASE)  # [1][2] is one citation, [1, 2]
+_CITED_NUMBER = re.compile(r"(\d{1,3})(?:\s*(?:-|\u2013|\u2014|to)\s*[a-z]*\s*#?(\d{1,3}))?", re.IGNORECASE)
+MAX_RANGE = 20  # [1-300] is not read as 300 citations: a wider range counts its two ends only
+_SENTENCE = re.compile(rf"[^.!?\n]+(?:[.!?]+|\n|$)(?:{CITATION.pattern})*", re.IGNORECASE)
 _BULLET_ONLY = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])?\s*$")
 _LIST_MARK = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -58,10 +76,32 @@ class Verification:
         return list(dict.fromkeys(c.n for c in self.checks))
 
 
-def parse_citations(text: str) -> list[int]:
-    """Cited source numbers in order of first appearance; `[1, 2]` and `[1][2]` both count."""
-    nums = [int(n) for m in CITATION.finditer(text) for n in m.group(1).split(",")]
+def cited_numbers(citation: str) -> list[int]:
+    """The source numbers one citation (a `CITATION` match) names, in order, ranges expanded: "[Sources 2-4]" ->
+    [2, 3, 4], "¹˒²" -> [1, 2]."""
+    nums: list[int] = []
+    for m in _CITED_NUMBER.finditer(citation.translate(_SUP_DIGITS)):
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        nums.extend(range(lo, hi + 1) if 0 <= hi - lo <= MAX_RANGE else (lo, hi))
     return list(dict.fromkeys(nums))
+
+
+def parse_citations(text: str) -> list[int]:
+    """Cited source numbers in order of first appearance, whatever the form (`CITATION`): `[1, 2]`, `[1][2]`,
+    `[1; 2]`, `[1-2]`, `[Source 1, 2]`, `(Sources 1 and 2)`, `【1】`, `hours¹˒²` all give [1, 2]."""
+    return list(dict.fromkeys(n for m in CITATION.finditer(text) for n in cited_numbers(m.group())))
+
+
+def canonical_citations(text: str, drop: Collection[int] = ()) -> str:
+    """`text` with every citation, whatever its form, written ` [1, 2]`, and the numbers in `drop` removed (a
+    citation left with no number goes)."""
+    def rewrite(m: re.Match) -> str:
+        run = CITATION.finditer(text, m.start(), m.end())  # from the text: a superscript's look-behind sees it
+        nums = [n for n in dict.fromkeys(n for c in run for n in cited_numbers(c.group())) if n not in drop]
+        space = " " if m.start() > 0 else ""
+        return f"{space}[{', '.join(map(str, nums))}]" if nums else ""
+    return _CITATION_RUN.sub(rewrite, text)
 
 
 def sentences(text: str) -> list[str]:
@@ -184,7 +224,7 @@ def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Veri
     cites the wrong number: the shipped adapters cite their last source most); both are marked `added`, so
     model-made and loradex-made citations stay distinguishable."""
     removed = [n for n in parse_citations(answer) if not 1 <= n <= len(passages)]
-    text = _drop(answer, set(removed)) if removed else answer
+    text = canonical_citations(answer, set(removed))
     added: dict = {}
     if attribute:
         text, added = _attribute(text, passages)
@@ -207,13 +247,6 @@ def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Veri
             others = [i for i, p in enumerate(passages, start=1) if i not in cited and support(claim, p).ok]
             result.flagged.append({"sentence": claim, "cited": cited, "supported_by": others})
     return result
-
-
-def _drop(text: str, bad: set[int]) -> str:
-    def keep(m: re.Match) -> str:
-        nums = [n.strip() for n in m.group(1).split(",") if int(n) not in bad]
-        return f" [{', '.join(nums)}]" if nums else ""
-    return CITATION.sub(keep, text)
 
 
 def _best_support(claim: str, passages: list[str]) -> tuple[int, Support] | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import QueryError
+from .ingest.normalize import normalize
 from .types import Chunk, Filters, Hit
 
 if TYPE_CHECKING:
@@ -52,12 +53,14 @@ def search(store: Store, embedder: Embedder, query: str, settings: RetrievalConf
     """The top `k` chunks for `query` under `filters`, by the configured (or given) mode, best first.
 
     `Hit.score` is the RRF sum in `hybrid` mode, the cosine in `dense` mode and the BM25 score in `bm25`
-    mode; `dense_score` and `bm25_score` always keep their own units. Raises QueryError for an empty query
-    or an unknown mode."""
+    mode; `dense_score` and `bm25_score` always keep their own units. The query is normalised as documents are
+    (`loradex.ingest.normalize.normalize`: a ligature or full-width letter matches its plain form). Raises
+    QueryError for an empty query or an unknown mode."""
     k = k or settings.k
     mode = mode or settings.mode
     if mode not in MODES:
         raise QueryError(f"unknown retrieval mode {mode!r}: use hybrid, dense or bm25")
+    query = normalize(query)
     if not query.strip():
         raise QueryError("empty query")
     n = max(k, settings.candidates)

@@ -108,7 +108,8 @@ def _visible(c: Chunk, f: Filters) -> bool:
     return ((f.domain is None or m.domain == f.domain)
             and (not f.tags or bool(set(f.tags) & set(m.tags)))
             and (f.groups is None or not m.groups or bool(set(f.groups) & set(m.groups)))
-            and (not f.doc_ids or c.doc_id in f.doc_ids))
+            and (not f.doc_ids or c.doc_id in f.doc_ids)
+            and (f.title is None or f.title.lower() in (m.title or "").lower()))
 
 
 class MemoryStore:

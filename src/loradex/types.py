@@ -23,21 +23,30 @@ class Block:
 
 @dataclass(frozen=True)
 class ParsedDocument:
-    """The extracted text of one file and its blocks, in reading order."""
+    """The extracted, normalised text of one file and its blocks, in reading order.
+
+    `metadata` is what the file says about itself, JSON-safe: `title` (str) and `tags` (list of str) when it
+    gives them (Markdown front matter, HTML `<title>` and keywords, PDF and DOCX document properties), other
+    front-matter keys as written, a DOCX's page `header` and `footer`. `unread` says, one line each, what the
+    parser did not index (an image-only page, a page header, page furniture)."""
 
     text: str
     blocks: tuple[Block, ...]
     format: str
     pages: int | None = None
+    metadata: dict = field(default_factory=dict)
+    unread: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class DocMeta:
-    """What the project config says about a document: its domain, tags and access groups."""
+    """What is known about a document: its domain, tags and access groups from the project config, plus the
+    tags and title the file gives itself (`ParsedDocument.metadata`) once it is indexed."""
 
     domain: str | None = None
     tags: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class Hit:
             "domain": c.meta.domain,
             "tags": list(c.meta.tags),
             "groups": list(c.meta.groups),
+            "title": c.meta.title,
         }
 
 
@@ -122,7 +132,8 @@ document. Any tuple, even empty, is a caller's groups."""
 @dataclass(frozen=True)
 class Filters:
     """Search filters, combined with AND. `domain`: only that domain's documents; `tags`: documents with any
-    of them; `doc_ids`: only these documents.
+    of them (from the config or the file's own metadata); `doc_ids`: only these documents; `title`: documents
+    whose title contains this text, ignoring case.
 
     `groups` is the access check. `EVERYTHING` (None, the default: the local owner) sees every document; a
     tuple is a caller's access groups, who sees documents without groups and those sharing one of its
@@ -132,6 +143,7 @@ class Filters:
     tags: tuple[str, ...] = ()
     groups: tuple[str, ...] | None = EVERYTHING
     doc_ids: tuple[str, ...] = ()
+    title: str | None = None
 
     @classmethod
     def for_caller(cls, groups: tuple[str, ...] | None, **kw) -> Filters:

@@ -25,7 +25,7 @@ def test_every_error_is_a_loradex_error():
     assert not any(issubclass(e, ValueError) for e in errors)  # a bare ValueError is a bug, never a user error
 
 
-@pytest.mark.parametrize("module,fmt,data", [("pypdf", "pdf", b"%PDF-1.4"), ("docx", "docx", b"PK\x03\x04")])
+@pytest.mark.parametrize("module,fmt,data", [("pdfminer", "pdf", b"%PDF-1.4"), ("docx", "docx", b"PK\x03\x04")])
 def test_missing_optional_parser_names_the_extra(monkeypatch, module, fmt, data):
     real_import = builtins.__import__
 

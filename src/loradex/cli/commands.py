@@ -38,9 +38,12 @@ def ingest(paths: list[Path] = typer.Argument(None, help="Files or folders (defa
     else:
         out.print(f"added {len(report.added)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
                   f"removed {len(report.removed)}, skipped {len(report.skipped)}; "
-                  f"{report.chunks} chunks written in {report.seconds:.1f} s")
+                  f"{report.chunks} chunks written in {report.seconds:.1f} s"
+                  + (f"; {len(report.unread)} part(s) not read" if report.unread else ""))
         for path, reason in report.skipped:
             err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        for path, part in report.unread:
+            err.print(f"[yellow]not read[/] {path}: {part}", highlight=False)
     if report.skipped:
         raise typer.Exit(EXIT_SKIPPED)
 
@@ -49,6 +52,7 @@ def search(query: str = typer.Argument(..., help="What to look for."),
            k: Optional[int] = typer.Option(None, "--k", "-k", help="Hits to return (default: retrieval.k)."),
            domain: Optional[str] = typer.Option(None, help="Only documents of this domain."),
            tag: list[str] = typer.Option([], help="Only documents with one of these tags (repeatable)."),
+           title: Optional[str] = typer.Option(None, help="Only documents whose title contains this text."),
            group: list[str] = typer.Option([], help="Search as a member of these access groups (repeatable)."),
            mode: Optional[str] = typer.Option(None, help="hybrid, dense or bm25 (default: retrieval.mode)."),
            project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
@@ -56,7 +60,7 @@ def search(query: str = typer.Argument(..., help="What to look for."),
     from ..retrieve import search as run_search
 
     proj = open_checked(project, domain)
-    filters = Filters(domain=domain, tags=tuple(tag), groups=tuple(group) if group else None)
+    filters = Filters(domain=domain, tags=tuple(tag), groups=tuple(group) if group else None, title=title)
     hits = run_search(proj.store, proj.embedder, query, proj.config.retrieval, k=k, mode=mode, filters=filters)
     if as_json:
         emit({"query": query, "hits": [h.to_dict() for h in hits]})
@@ -150,6 +154,8 @@ def _lines(file: Path) -> list[str]:
 def ask(question: str = typer.Argument(..., help="The question."),
         domain: Optional[str] = typer.Option(None, help="The question's domain (skips the router)."),
         k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages given as sources (default: answer.k)."),
+        tag: list[str] = typer.Option([], help="Only documents with one of these tags (repeatable)."),
+        title: Optional[str] = typer.Option(None, help="Only documents whose title contains this text."),
         stream: bool = typer.Option(False, "--stream", help="Print the answer as it is generated."),
         no_route: bool = typer.Option(False, "--no-route", help="Skip the router: base model, all sources."),
         no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model (RAG only)."),
@@ -167,7 +173,8 @@ def ask(question: str = typer.Argument(..., help="The question."),
 
     on_token = (lambda piece: show(shown.feed(piece))) if stream and not as_json else None
     result = run_answer(proj, question, k=k, domain=domain, on_token=on_token, route=not no_route,
-                        use_adapter=not no_adapter, retrieval=not no_retrieval)
+                        use_adapter=not no_adapter, retrieval=not no_retrieval,
+                        filters=Filters(tags=tuple(tag), title=title))
     if as_json:
         emit(result.to_dict())
         return

@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,14 +23,16 @@ from ..types import Chunk, DocMeta, ParsedDocument, Source
 from .chunk import chunk_document
 from .parse import detect_format, parse_bytes
 
-CHUNKER_VERSION = 2  # 2: plain-text headings keep the document's title above their section
+CHUNKER_VERSION = 3  # 2: plain-text headings keep the document's title above their section; 3: normalised text,
+# layout-aware PDF paragraphs, every DOCX part, HTML parsed as browsers do, Markdown by CommonMark with front matter
 
 if TYPE_CHECKING:
     from ..embed import Embedder
     from ..project import Project
     from ..store import Store
 
-__all__ = ["IngestReport", "PendingDoc", "index_documents", "ingest", "make_chunks", "remove_documents", "walk"]
+__all__ = ["IngestReport", "PendingDoc", "document_meta", "index_documents", "ingest", "make_chunks",
+           "remove_documents", "walk"]
 
 Progress = Callable[[int, int], None]
 
@@ -49,28 +51,43 @@ class PendingDoc:
 
 @dataclass
 class IngestReport:
-    """What one ingest run did, by document id; `skipped` pairs a path with the reason; `seconds` is wall time."""
+    """What one ingest run did, by document id; `skipped` pairs a path with the reason; `unread` pairs the path
+    of a document that was indexed with one part of it that was not (an image-only page, a page header,
+    page furniture; `ParsedDocument.unread`); `seconds` is wall time."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unread: list[tuple[str, str]] = field(default_factory=list)
     chunks: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
                 "removed": self.removed, "chunks": self.chunks, "seconds": round(self.seconds, 3),
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "unread": [{"path": p, "part": what} for p, what in self.unread]}
+
+
+def document_meta(config: DocMeta, metadata: dict) -> DocMeta:
+    """The config's metadata of a document with what the file says of itself (`ParsedDocument.metadata`): its
+    `tags` join the config's (so `Filters.tags` finds either) and its `title` is the document's title."""
+    tags = metadata.get("tags") or []
+    title = metadata.get("title")
+    return replace(config, tags=tuple(dict.fromkeys([*config.tags, *(str(t) for t in tags)])),
+                   title=str(title) if title else config.title)
 
 
 def make_chunks(doc: PendingDoc, embedder: Embedder, max_tokens: int) -> list[Chunk]:
-    """The document's chunks (at most `max_tokens` embedder tokens each), ids derived from id and version."""
+    """The document's chunks (at most `max_tokens` embedder tokens each), ids derived from id and version; each
+    carries the document's metadata (`document_meta`)."""
     key = hashlib.sha256(f"{doc.doc_id}\0{doc.version}".encode()).hexdigest()[:16]
+    meta = document_meta(doc.meta, doc.parsed.metadata)
     return [
         Chunk(f"{key}-{i}", doc.doc_id, i, doc.parsed.text[s.start : s.end],
-              Source(doc.path, s.page, s.heading_path, s.start, s.end), doc.version, doc.mtime, doc.meta)
+              Source(doc.path, s.page, s.heading_path, s.start, s.end), doc.version, doc.mtime, meta)
         for i, s in enumerate(chunk_document(doc.parsed, embedder.count_tokens, max_tokens))
     ]
 
@@ -163,6 +180,7 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
                                    "chunks": counts[d.doc_id],
                                    "domain": d.meta.domain, "tags": list(d.meta.tags),
                                    "groups": list(d.meta.groups), "ingested_at": now,
+                                   "metadata": d.parsed.metadata, "unread": list(d.parsed.unread),
                                    "history": _history(known.get(d.doc_id), d.version, now)}
             project.save_manifest(manifest)
 
@@ -216,6 +234,7 @@ def _changed(project: Project, files: list[Path], known: dict, report: IngestRep
         except ParseError as e:
             report.skipped.append((doc_id, str(e)))
             continue
+        report.unread.extend((doc_id, what) for what in parsed.unread)
         yield PendingDoc(doc_id, doc_id, version, mtime, meta, parsed)
 
 

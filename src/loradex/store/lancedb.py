@@ -41,6 +41,8 @@ def where_clause(f: Filters) -> str | None:
         parts.append(f"({public} OR array_has_any(groups, {_list(f.groups)}))" if f.groups else public)
     if f.doc_ids:
         parts.append(f"doc_id IN ({', '.join(_quote(d) for d in f.doc_ids)})")
+    if f.title is not None:
+        parts.append(f"strpos(lower(title), lower({_quote(f.title)})) > 0")
     return " AND ".join(parts) or None
 
 
@@ -61,7 +63,7 @@ class LanceStore:
             ("start", pa.int64()), ("end", pa.int64()),
             ("doc_version", pa.string()), ("doc_mtime", pa.float64()),
             ("domain", pa.string()), ("tags", pa.list_(pa.string())), ("groups", pa.list_(pa.string())),
-            ("vector", pa.list_(pa.float32(), dim)),
+            ("title", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
         ])
         if TABLE in self.db.list_tables().tables:
             self.table = self.db.open_table(TABLE)
@@ -69,6 +71,8 @@ class LanceStore:
             if have != dim:
                 raise IndexMismatch(f"the index holds {have}-d vectors but the embedder makes {dim}-d ones: "
                                  "run `loradex ingest --rebuild` after changing the embedder")
+            if "title" not in self.table.schema.names:  # an index written before documents had titles
+                self.table.add_columns({"title": "CAST(NULL AS STRING)"})
         else:
             self.table = self.db.create_table(TABLE, schema=self.schema)
 
@@ -81,7 +85,8 @@ class LanceStore:
                                ("page", s.page), ("heading_path", json.dumps(list(s.heading_path))),
                                ("start", s.start), ("end", s.end), ("doc_version", c.doc_version),
                                ("doc_mtime", c.doc_mtime), ("domain", c.meta.domain),
-                               ("tags", list(c.meta.tags)), ("groups", list(c.meta.groups))):
+                               ("tags", list(c.meta.tags)), ("groups", list(c.meta.groups)),
+                               ("title", c.meta.title)):
                 cols[key].append(value)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(chunks), self.dim):  # else a (1, 2*dim) array would pass as two vectors
@@ -146,5 +151,5 @@ class LanceStore:
 
 def _chunk(r: dict) -> Chunk:
     src = Source(r["path"], r["page"], tuple(json.loads(r["heading_path"])), r["start"], r["end"])
-    meta = DocMeta(r["domain"], tuple(r["tags"] or ()), tuple(r["groups"] or ()))
+    meta = DocMeta(r["domain"], tuple(r["tags"] or ()), tuple(r["groups"] or ()), r.get("title"))
     return Chunk(r["chunk_id"], r["doc_id"], r["ordinal"], r["text"], src, r["doc_version"], r["doc_mtime"], meta)

@@ -13,16 +13,21 @@ so activating or rolling back takes effect on the next request.
 
 Abstention on evidence happens before generation: when no retrieved passage is similar enough to the
 question, the answer says the documents do not cover it and the model is not asked to invent one.
+
+Conversations (`history`, `instructions`; `loradex.conversation` has the rules): the earlier turns are kept
+within `server.max_input_chars` characters, oldest dropped first; a follow-up question is routed and searched
+with key terms of the earlier user turns added; the kept turns and the client's instructions reach the prompt.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .cite import Verification, drop_repeats, verify
+from .conversation import Conversation, fit, into_messages, search_query
 from .engine import GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
 from .retrieve import search, widen
@@ -74,7 +79,8 @@ def adapter_for(project: Project, domain: str | None, version: str | None = None
     if ref.label not in engine.loaded_adapters():
         from .adapters.registry import validate
 
-        validate(ref.path, registry.base, registry.base_shapes)  # refused before it ever serves
+        # refused before it ever serves
+        validate(ref.path, registry.base, registry.base_shapes, base_dir=registry.base_dir)
     engine.load_adapter(ref.label, ref.path)
     return ref
 
@@ -84,7 +90,9 @@ class Prepared:
     """Everything before generation: the route, the adapter, the sources and the request for the engine.
 
     Exactly one of `request` and `early_answer` is set: `early_answer` is an Answer that needs no model call
-    (no passage was close enough to the question). `timings` (ms) and `usage` are filled in as work goes on."""
+    (no passage was close enough to the question). `timings` (ms) and `usage` are filled in as work goes on.
+    `query` is what routing and retrieval searched for; `conversation` holds the turns that reached the prompt
+    and how many were dropped to fit the budget."""
 
     question: str
     route: Route
@@ -95,17 +103,26 @@ class Prepared:
     early_answer: Answer | None
     timings: dict[str, float]
     usage: dict
+    query: str = ""
+    conversation: Conversation = field(default_factory=lambda: Conversation(""))
 
 
 def prepare(project: Project, question: str, *, k: int | None = None, domain: str | None = None,
             filters: Filters | None = None, route: bool = True, use_adapter: bool = True,
-            retrieval: bool = True, version: str | None = None, min_dense_score: float | None = None) -> Prepared:
+            retrieval: bool = True, version: str | None = None, min_dense_score: float | None = None,
+            history: Sequence[dict] = (), instructions: str = "", stop: Sequence[str] = ()) -> Prepared:
     """Route, load the domain's adapter, retrieve, and build the generation request (no generation).
     `min_dense_score` replaces `answer.min_dense_score` (evaluation's oracle mode never abstains).
-    Raises AdapterError for a refused adapter and QueryError for an empty question."""
+    `history` holds the earlier `{"role": "user" | "assistant", "content"}` turns, oldest first, and
+    `instructions` the client's system message (`loradex.conversation` says how both reach the prompt and the
+    search); `stop` adds stop strings to the request. Raises AdapterError for a refused adapter and QueryError
+    for an empty question or one that, with `instructions`, exceeds `server.max_input_chars`."""
     cfg = project.config.answer
+    conversation = fit(Conversation.of(question, history, instructions), project.config.server.max_input_chars)
+    question, query = conversation.question, search_query(conversation)
+    stops = (*_SOURCE_STOPS, *(s for s in stop if s not in _SOURCE_STOPS))
     t_route = time.perf_counter()
-    chosen = choose_route(project, question, domain, route)
+    chosen = choose_route(project, query, domain, route)
     filters = filters or Filters()
     dom = project.config.domains.get(chosen.domain) if chosen.domain else None
     if dom is not None and dom.paths and filters.domain is None:
@@ -118,12 +135,13 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
     timings = {"route": (t_load - t_route) * 1000, "load": (t0 - t_load) * 1000, "retrieve": 0.0,
                "generate": 0.0, "verify": 0.0}
     if not retrieval:  # adapter only: the question under the serving system message, nothing to cite
-        messages = ({"role": "system", "content": system_message(project.config.name)},
-                    {"role": "user", "content": question})
-        request = GenerationRequest(messages, cfg.max_new_tokens, (), cfg.temperature, adapter, cfg.no_repeat_ngram)
-        return Prepared(question, chosen, adapter, [], (), request, None, timings, {})
+        messages = into_messages(({"role": "system", "content": system_message(project.config.name)},
+                                  {"role": "user", "content": question}), conversation)
+        request = GenerationRequest(messages, cfg.max_new_tokens, tuple(stop), cfg.temperature, adapter,
+                                    cfg.no_repeat_ngram)
+        return Prepared(question, chosen, adapter, [], (), request, None, timings, {}, query, conversation)
     wanted = k or cfg.k
-    hits = search(project.store, project.embedder, question, project.config.retrieval,
+    hits = search(project.store, project.embedder, query, project.config.retrieval,
                   k=wanted * (2 if cfg.window else 1), filters=filters)  # widening merges neighbours: fetch spares
     hits = widen(project.store, hits, cfg.window, cfg.passage_chars)[:wanted]
     timings["retrieve"] = (time.perf_counter() - t0) * 1000
@@ -132,18 +150,17 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
     usage: dict = {"best_dense_score": best}
     if best < (cfg.min_dense_score if min_dense_score is None else min_dense_score):
         early = Answer(question, NO_SOURCES, (), sources, True, (), timings, usage, chosen, adapter)
-        return Prepared(question, chosen, adapter, hits, sources, None, early, timings, usage)
-    request = GenerationRequest(tuple(build_messages(question, hits, project.config.name, cfg.passage_chars)),
-                                cfg.max_new_tokens,
-                                _SOURCE_STOPS, cfg.temperature, adapter, cfg.no_repeat_ngram)
-    return Prepared(question, chosen, adapter, hits, sources, request, None, timings, usage)
+        return Prepared(question, chosen, adapter, hits, sources, None, early, timings, usage, query, conversation)
+    messages = into_messages(build_messages(question, hits, project.config.name, cfg.passage_chars), conversation)
+    request = GenerationRequest(messages, cfg.max_new_tokens, stops, cfg.temperature, adapter, cfg.no_repeat_ngram)
+    return Prepared(question, chosen, adapter, hits, sources, request, None, timings, usage, query, conversation)
 
 
 def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0) -> Answer:
     """Remove verbatim repeats from the generated `text`, verify its citations against the prepared sources
     and build the Answer."""
     p.timings["generate"] = generate_ms
-    text, repeated = drop_repeats(text)
+    text, repeated = drop_repeats(text.strip())
     if not p.hits:
         return Answer(p.question, text, (), (), False, (), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
     t0 = time.perf_counter()
@@ -162,15 +179,16 @@ def joined(pieces: Iterable[str]) -> str:
 def answer(project: Project, question: str, *, k: int | None = None, domain: str | None = None,
            filters: Filters | None = None, on_token: Callable[[str], None] | None = None,
            route: bool = True, use_adapter: bool = True, retrieval: bool = True,
-           min_dense_score: float | None = None) -> Answer:
+           min_dense_score: float | None = None, history: Sequence[dict] = (), instructions: str = "") -> Answer:
     """Answer `question` from the project's documents with verified citations, routed to a domain's adapter.
 
     `domain` names the domain (no router); `route=False` skips routing (base model, all sources);
     `use_adapter=False` is RAG only; `retrieval=False` is adapter only (no sources, no citations);
-    `on_token` receives the text as it is generated. Raises AdapterError for a refused adapter and
-    QueryError for an empty question."""
+    `on_token` receives the text as it is generated; `history` and `instructions` are the earlier turns and
+    the client's system message of a conversation (see `prepare`). Raises AdapterError for a refused adapter
+    and QueryError for an empty question."""
     p = prepare(project, question, k=k, domain=domain, filters=filters, route=route, use_adapter=use_adapter,
-                retrieval=retrieval, min_dense_score=min_dense_score)
+                retrieval=retrieval, min_dense_score=min_dense_score, history=history, instructions=instructions)
     if p.early_answer is not None:
         if on_token:
             on_token(p.early_answer.answer)

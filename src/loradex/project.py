@@ -100,7 +100,7 @@ class Project:
         from .models import base_identity, weight_shapes
 
         return Registry(self.state_dir / "adapters", base_identity(self.base_model_dir),
-                        weight_shapes(self.base_model_dir))
+                        weight_shapes(self.base_model_dir), base_dir=self.base_model_dir)
 
     def load(self) -> None:
         """Build the embedder, store, router and engine now (a server does this before its first request)."""

@@ -161,6 +161,32 @@ def test_mixed_adapter_batch_equals_each_request_alone(engine, tiny):
     assert _texts(engine.generate(reqs[::-1])) == _texts(alone)[::-1]  # order within the batch does not matter
 
 
+@pytest.fixture(scope="module")
+def dora(tiny, tmp_path_factory):
+    """A DoRA adapter for the tiny model: valid PEFT, but PEFT refuses it in a mixed batch (`adapter_names`)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny[0])),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True, init_lora_weights=False))
+    out = tmp_path_factory.mktemp("dora") / "a"
+    model.save_pretrained(str(out))
+    return out
+
+
+def test_an_adapter_that_cannot_be_mixed_shares_a_call_with_others(engine, tiny, dora):
+    _, (a0, _) = tiny
+    engine.load_adapter("contract-dora@v1", dora)
+    engine.load_adapter("contract-a@v1", a0)
+    reqs = [GenerationRequest(_req(q).messages, 8, adapter=a)
+            for q in (SOURCE, "Report a claim") for a in ("contract-dora@v1", None, "contract-a@v1")]
+    alone = [engine.generate([r])[0].text for r in reqs]
+    assert _texts(engine.generate(reqs)) == alone
+    assert "".join(engine.stream(reqs[0])).strip() == alone[0]
+
+
 def test_no_repeat_ngram_keeps_batch_stream_and_alone_equal(engine):
     reqs = [_req(SOURCE, 30, no_repeat_ngram=3), _req("Report a claim", 30), _req(SOURCE, 30, no_repeat_ngram=2)]
     batch = _texts(engine.generate(reqs))

@@ -66,6 +66,35 @@ def test_ask_stream_and_open_a_citation(project_dir, tmp_path, monkeypatch, brow
         running.stop()
 
 
+def test_a_follow_up_carries_the_conversation(project_dir, tmp_path, monkeypatch, browser):
+    """The page sends its earlier turns with each question, so a follow-up that names nothing is still routed
+    and searched with the conversation's terms (the server condenses it: `loradex.conversation`)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from loradex.server.app import create_app
+
+    proj, _ = _project(project_dir, tmp_path, monkeypatch)
+    running = ThreadedServer(create_app(proj))
+    try:
+        browser.get(running.url + "/")
+        browser.find_element(By.ID, "key").send_keys("user-key")
+        browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+        wait = WebDriverWait(browser, 30)
+        for n, question in enumerate(("police report for a stolen bike", "and how long do I have?"), start=1):
+            browser.find_element(By.ID, "question").send_keys(question)
+            browser.find_element(By.CSS_SELECTOR, "#ask button[type=submit]").click()
+            wait.until(lambda b, n=n: len(b.find_elements(By.CSS_SELECTOR, "#log .turn[data-done='1']")) == n)
+        turns = browser.find_elements(By.CSS_SELECTOR, "#log .turn")
+        assert "route: claims" in turns[1].find_element(By.CSS_SELECTOR, ".meta").text
+        sent = browser.execute_script("return conversation")
+        assert [t["role"] for t in sent] == ["user", "assistant", "user", "assistant"]
+        assert sent[2]["content"] == "and how long do I have?"
+        assert browser.find_element(By.ID, "error").text == ""
+    finally:
+        running.stop()
+
+
 def test_eval_report_renders_with_its_charts(project_dir, tmp_path, browser):
     """`loradex eval`'s report.html, opened in Chromium: the table, the chart (decoded and drawn) and the worst
     answers are there; a screenshot is taken."""

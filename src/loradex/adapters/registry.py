@@ -7,7 +7,8 @@ Layout under the project's state folder:
 The version is the SHA-256 of the two PEFT files. Activation and rollback rewrite active.json by
 rename, so an interrupted write leaves the old pointer. Every adapter is validated before it is
 registered and again before it is activated: safetensors only, hashes match the manifest, same
-base model, LoRA shapes fit the base model's layers.
+base model, and every tensor fits the base model (`loradex.adapters.validate`). The manifest records how the
+adapter can be batched (`serving`: whether it may share a batch with other adapters, and why not).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from ..atomic import replace_dir, write_text
 from ..errors import AdapterError
+from .validate import check_config, check_tensors, serving
 
 __all__ = ["AdapterError", "AdapterRef", "Registry", "adapter_version", "check_name", "validate"]
 
@@ -65,26 +67,30 @@ def check_name(domain: str) -> str:
     return domain
 
 
-def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], max_rank: int = 256) -> dict:
+def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], max_rank: int = 256,
+             base_dir: Path | None = None) -> dict:
     """Refuse anything that must not be served on this base; returns the adapter's PEFT config.
 
-    `base` is the base model's identity (`name`, `sha256`), `base_shapes` maps its weight names to shapes.
-    Raises AdapterError for pickle files, a missing PEFT file, a non-LoRA type, a rank outside 1..max_rank,
-    files that do not match the manifest's hash, another base model, or LoRA shapes the base cannot take."""
+    `base` is the base model's identity (`name`, `sha256`), `base_shapes` maps its weight names to shapes and
+    `base_dir` is its folder (when given, copies of base weights in the adapter must equal the base's).
+    Raises AdapterError for pickle files, a missing PEFT file, files that do not match the manifest's hash,
+    another base model, a config the shared base cannot serve (`validate.check_config`: type, ranks, variants)
+    or a tensor that does not fit the base (`validate.check_tensors`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such folder; give a PEFT adapter folder")
     pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
-        raise AdapterError(f"{folder}: refusing pickle files ({', '.join(pickles)}); only safetensors are loaded")
+        raise AdapterError(f"{folder}: refusing pickle files ({', '.join(pickles)}); only safetensors are loaded "
+                           "(save with PEFT's save_pretrained(safe_serialization=True))")
     missing = [n for n in PEFT_FILES if not (folder / n).is_file()]
     if missing:
         raise AdapterError(f"{folder}: not a PEFT adapter, missing {', '.join(missing)}")
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise AdapterError(f"{folder}: peft_type is {cfg.get('peft_type')!r}, only LORA adapters are served")
-    if not 0 < int(cfg.get("r", 0)) <= max_rank:
-        raise AdapterError(f"{folder}: rank {cfg.get('r')} is outside 1..{max_rank}")
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{folder}: adapter_config.json is unreadable ({e})") from None
+    check_config(cfg, folder, max_rank)
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -94,14 +100,15 @@ def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], 
             raise AdapterError(f"{folder}: trained for base {manifest.get('base_model', {}).get('name')!r} "
                                f"(sha256 {manifest.get('base_model', {}).get('sha256', '?')[:12]}), "
                                f"but this project serves {base['name']!r} (sha256 {base['sha256'][:12]})")
-    _check_shapes(folder, cfg, base_shapes)
+    check_tensors(folder, cfg, _tensor_shapes(folder), base_shapes, base_dir)
     return cfg
 
 
-def _check_shapes(folder: Path, cfg: dict, base_shapes: dict[str, tuple[int, ...]]) -> None:
+def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Saved name -> shape of every tensor in adapter_model.safetensors (header only). Raises AdapterError when
+    the file is unreadable or holds no tensor."""
     from safetensors import SafetensorError, safe_open
 
-    r = int(cfg["r"])
     try:
         with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -109,26 +116,18 @@ def _check_shapes(folder: Path, cfg: dict, base_shapes: dict[str, tuple[int, ...
         raise AdapterError(f"{folder}: adapter_model.safetensors is unreadable ({e})") from None
     if not shapes:
         raise AdapterError(f"{folder}: the adapter holds no weights")
-    for key, shape in shapes.items():
-        m = re.match(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
-        if not m:
-            continue
-        base_key = m.group(1) + ".weight"
-        if base_key not in base_shapes:
-            raise AdapterError(f"{folder}: targets {m.group(1)!r}, which the base model does not have")
-        out_f, in_f = base_shapes[base_key][:2]
-        want = (r, in_f) if m.group(2) == "A" else (out_f, r)
-        if shape != want:
-            raise AdapterError(f"{folder}: {key} has shape {list(shape)}, the base layer needs {list(want)}")
+    return shapes
 
 
 class Registry:
-    """The adapters under `root` (`.loradex/adapters`) for the base model `base` (see `validate`)."""
+    """The adapters under `root` (`.loradex/adapters`) for the base model `base` with weight shapes `base_shapes`,
+    stored in `base_dir` (see `validate`; without `base_dir`, copies of base weights are checked by shape only)."""
 
-    def __init__(self, root: Path, base: dict, base_shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, root: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], base_dir: Path | None = None):
         self.root = Path(root)
         self.base = base
         self.base_shapes = base_shapes
+        self.base_dir = base_dir
 
     def _domain_dir(self, domain: str) -> Path:
         return self.root / check_name(domain)
@@ -139,9 +138,10 @@ class Registry:
 
     def register(self, folder: Path, domain: str, manifest: dict) -> AdapterRef:
         """Validate a PEFT folder and copy it in under its content hash, with `manifest` (training record) plus
-        the hashes, base model and size (idempotent). Raises AdapterError when it fails validation."""
+        the hashes, base model, size and `serving` (whether it can join a mixed-adapter batch, and why not;
+        see `validate.serving`) (idempotent). Raises AdapterError when it fails validation."""
         check_name(domain)
-        validate(folder, self.base, self.base_shapes)
+        cfg = validate(folder, self.base, self.base_shapes, base_dir=self.base_dir)
         version = adapter_version(folder)
         dest = self._domain_dir(domain) / version
         if not (dest / "manifest.json").is_file():
@@ -155,6 +155,7 @@ class Registry:
             full = {**manifest, "domain": domain, "version": version, "base_model": self.base,
                     "files": {n: hashlib.sha256((tmp / n).read_bytes()).hexdigest() for n in PEFT_FILES},
                     "size_bytes": sum((tmp / n).stat().st_size for n in PEFT_FILES),
+                    "serving": serving(cfg).to_dict(),
                     "created_at": manifest.get("created_at", time.time())}
             write_text(tmp / "manifest.json", json.dumps(full, indent=1, sort_keys=True))
             replace_dir(tmp, dest)
@@ -216,7 +217,7 @@ class Registry:
         """Validate a version and make it the domain's active one (the previous one goes on the rollback
         history). Raises AdapterError when it is unknown, ambiguous or fails validation."""
         ref = self.resolve(domain, version)
-        validate(ref.path, self.base, self.base_shapes)
+        validate(ref.path, self.base, self.base_shapes, base_dir=self.base_dir)
         pointer = self._pointer(domain)
         if pointer["version"] != ref.version:
             history = pointer["history"] + ([pointer["version"]] if pointer["version"] else [])
@@ -249,7 +250,7 @@ class Registry:
 
     def versions(self) -> list[dict]:
         """Every registered version, by domain then age: domain, version, label, active, size_bytes,
-        created_at, metrics."""
+        created_at, metrics, mixed_batch (False: generated in batches of its own)."""
         rows = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
             active = self._pointer(d.name)["version"]
@@ -258,5 +259,13 @@ class Registry:
                 m = json.loads((v / "manifest.json").read_text())
                 rows.append({"domain": d.name, "version": v.name, "label": label(d.name, v.name),
                              "active": v.name == active, "size_bytes": m.get("size_bytes"),
-                             "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
+                             "created_at": m.get("created_at"), "metrics": m.get("metrics", {}),
+                             "mixed_batch": _serving(v, m)["mixed_batch"]})
         return rows
+
+
+def _serving(folder: Path, manifest: dict) -> dict:
+    """The manifest's `serving` record, or (for versions registered before it was kept) the one their config gives."""
+    if "serving" in manifest:
+        return manifest["serving"]
+    return serving(json.loads((folder / "adapter_config.json").read_text())).to_dict()

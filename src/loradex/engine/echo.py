@@ -80,6 +80,10 @@ class EchoEngine:
                                   min(len(words), r.max_new_tokens), reason, {"prompt": 0.0, "generate": 0.0}))
         return out
 
+    def count_tokens(self, request: GenerationRequest, text: str) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of `request` answered with `text`: words, as `generate` counts them."""
+        return sum(len(m["content"].split()) for m in request.messages), len(text.split())
+
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         text = self.generate([request])[0].text
         for i, word in enumerate(text.split(" ")):

@@ -3,6 +3,9 @@
 One base model, several LoRA adapters loaded on it (least recently used unloaded past `max_adapters`).
 Requests sharing sampling settings and stop sequences are generated as one left-padded batch, even when
 they ask for different adapters or the bare base: PEFT applies each row's adapter (`adapter_names=`).
+An adapter that PEFT cannot mix (DoRA, `modules_to_save`, trainable tokens: `loradex.adapters.validate.serving`,
+decided when it is loaded) gets batches of its own. An error while generating (PEFT's or torch's) is raised
+as an EngineError for the batch; the server's batcher then retries its requests one by one.
 An adapter is addressed by its full name (`claims@sha256:...`), so a new version is a new name and the
 old weights are never served under it. Timings split prompt processing (to the first new token) from
 the rest of generation. One lock serialises use of the model across threads.
@@ -10,14 +13,17 @@ the rest of generation. One lock serialises use of the model across threads.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError
+from ..adapters.validate import serving
+from ..errors import EngineError, LoradexError
 from . import Generation, GenerationRequest, cut_at_stop
 
 if TYPE_CHECKING:
@@ -70,6 +76,7 @@ class LocalEngine:
         self.max_adapters = max_adapters
         self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> (path, PEFT slot), LRU order
         self._known: dict[str, str] = {}  # every adapter ever loaded: an evicted one is reloaded when asked for
+        self._solo: dict[str, str] = {}  # adapters that cannot share a mixed batch -> why (from their PEFT config)
         self._lock = threading.RLock()
         self.stats = {"adapter_loads": 0, "adapter_evictions": 0}
 
@@ -85,7 +92,8 @@ class LocalEngine:
         """Make adapter `name` (a PEFT LoRA folder) available; the base weights stay shared and unchanged.
 
         A no-op when the same name is loaded from the same folder (it only becomes most recently used);
-        loading past `max_adapters` unloads the least recently used one. True when it was (re)loaded."""
+        loading past `max_adapters` unloads the least recently used one. An adapter whose config rules out mixed
+        batches (`serving`) is generated in batches of its own from then on. True when it was (re)loaded."""
         from peft import PeftModel
 
         path = str(Path(path).resolve())
@@ -102,6 +110,11 @@ class LocalEngine:
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=slot).eval()
             self._adapters[name] = (path, slot)
             self._known[name] = path
+            how = serving(json.loads((Path(path) / "adapter_config.json").read_text()))
+            if how.mixed_batch:
+                self._solo.pop(name, None)
+            else:
+                self._solo[name] = how.reason or "cannot be mixed"
             self.stats["adapter_loads"] += 1
             while len(self._adapters) > self.max_adapters:
                 victim = next((n for n in self._adapters if n not in keep and n != name), None)
@@ -143,11 +156,37 @@ class LocalEngine:
             assert only is not None
             self.model.set_adapter(self._adapters[only][1])
             return nullcontext(), {}
-        return nullcontext(), {"adapter_names": [self._adapters[n][1] if n else "__base__" for n in names]}
+        return self._wrappers_passed_through(), {
+            "adapter_names": [self._adapters[n][1] if n else "__base__" for n in names]}
+
+    @contextmanager
+    def _wrappers_passed_through(self) -> Iterator[None]:
+        """Within a mixed batch, every module PEFT replaced for a solo adapter (modules_to_save, trainable tokens)
+        gives the base module's output: no row of the batch uses them, and with `adapter_names` PEFT's
+        `AuxiliaryTrainingWrapper` would look every row's adapter up among its own (a KeyError)."""
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        wrappers = [m for m in self.model.modules()
+                    if isinstance(m, AuxiliaryTrainingWrapper) and not m.disable_adapters]
+        for m in wrappers:
+            m.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for m in wrappers:
+                m.enable_adapters(True)
 
     def prompt(self, messages: Sequence[dict]) -> str:
         """The chat template applied to `messages`, ending where the assistant's answer starts."""
         return str(self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+
+    def count_tokens(self, request: GenerationRequest, text: str) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of `request` answered with `text`, by this model's tokenizer: the
+        usage of a stream, whose pieces carry no counts (the text is re-encoded, so it may differ from the ids
+        generated by a token or two at a stop string)."""
+        encode = self.tokenizer
+        return (len(encode(self.prompt(request.messages), add_special_tokens=False)["input_ids"]),
+                len(encode(text, add_special_tokens=False)["input_ids"]))
 
     def _config(self, request: GenerationRequest, max_new_tokens: int):
         from transformers import GenerationConfig
@@ -171,9 +210,13 @@ class LocalEngine:
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One Generation per request, in order: batches by sampling settings and stop strings, mixing adapters
+        except those that cannot be mixed (each of those gets batches of its own). Raises EngineError for an
+        adapter never loaded and when generation fails."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.temperature, r.stop, r.no_repeat_ngram), []).append(i)  # adapters mix in a batch
+            solo = r.adapter if r.adapter in self._solo else None  # None: joins the mixed batch
+            groups.setdefault((r.temperature, r.stop, r.no_repeat_ngram, solo), []).append(i)
         out: list[Generation | None] = [None] * len(requests)
         with self._lock:
             for idx in groups.values():
@@ -198,9 +241,17 @@ class LocalEngine:
         t0 = time.perf_counter()
         context, extra = self._adapter_kwargs(requests)
         extra.update(self._processors(requests[0], enc["input_ids"].shape[1]))
-        with torch.inference_mode(), context:
-            ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest), **extra,
-                                      stopping_criteria=StoppingCriteriaList([FirstToken()]), tokenizer=self.tokenizer)
+        try:
+            with torch.inference_mode(), context:
+                ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest), **extra,
+                                          stopping_criteria=StoppingCriteriaList([FirstToken()]),
+                                          tokenizer=self.tokenizer)
+        except LoradexError:
+            raise
+        except Exception as e:  # PEFT's or torch's: an error of the engine, for the requests of this batch
+            adapters = sorted({r.adapter or "base" for r in requests})
+            raise EngineError(f"generation failed for a batch of {len(requests)} (adapters: {', '.join(adapters)}): "
+                              f"{type(e).__name__}: {e}") from e
         t1 = time.perf_counter()
         t_first = first[0] if first else t1
         timings = {"prompt": (t_first - t0) * 1000, "generate": (t1 - t_first) * 1000}
@@ -245,7 +296,11 @@ class LocalEngine:
                 yield buffer
         thread.join()
         if errors:  # e.g. an adapter that was never loaded: fail as generate() does
-            raise errors[0]
+            e = errors[0]
+            if isinstance(e, Exception) and not isinstance(e, LoradexError):
+                raise EngineError(f"generation failed (adapter: {request.adapter or 'base'}): "
+                                  f"{type(e).__name__}: {e}") from e
+            raise e
 
     def _generate_for_streamer(self, errors: list[BaseException], request: GenerationRequest, **kwargs) -> None:
         try:

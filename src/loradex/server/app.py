@@ -3,10 +3,12 @@
 This module only wires the app together; each part owns its routes and rules:
 
 - `loradex.server.openai`: `POST /v1/chat/completions` and `GET /v1/models`.
+- `loradex.server.request`: the chat completions body, each OpenAI field honoured or refused with a 400.
 - `loradex.server.admin`: `/admin/...` (admin key only): adapters list/import/activate/rollback, documents
   ingest/remove, router fit.
 - `loradex.server.auth`: API keys (`Authorization: Bearer KEY`) and access groups.
-- `loradex.server.errors`: every error as an OpenAI-style body, and the loradex-error-to-status table.
+- `loradex.server.errors`: every error as an OpenAI-style body (unknown paths, wrong methods, bad fields and
+  unhandled exceptions too), and the loradex-error-to-status table.
 - `loradex.server.metrics`: `GET /metrics` (Prometheus text).
 - `loradex.server.batcher`: the mixed-adapter batches behind a bounded queue (429 when full).
 - Here: `GET /health`, `GET /` (the chat page), and `create_app` / `serve`.

@@ -2,19 +2,23 @@
 
 Callers submit a GenerationRequest and get a Future. One worker thread takes the first waiting request,
 gathers more for up to `window_ms` (at most `max_batch`), and generates them as one batch: requests for
-different adapters and for the bare base share the batch. When `max_queue` requests already wait, `submit`
-raises QueueFull at once, so a server answers 429 instead of piling up work it cannot finish.
+different adapters and for the bare base share the batch (the engine gives adapters that cannot be mixed
+batches of their own). When a batch fails, its requests are generated again one by one, so only a request
+that fails alone gets the error (on its Future, as a loradex error: an EngineError unless the engine raised
+one of its own); the others get their answers. When `max_queue` requests
+already wait, `submit` raises QueueFull at once, so a server answers 429 instead of piling up work it cannot
+finish.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from concurrent.futures import Future, InvalidStateError
+from typing import TYPE_CHECKING, Any
 
 from ..engine import GenerationRequest
-from ..errors import QueueFull
+from ..errors import EngineError, LoradexError, QueueFull
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -28,7 +32,8 @@ class Batcher:
     def __init__(self, engine: Engine, *, max_batch: int = 8, window_ms: float = 10.0, max_queue: int = 64):
         self.engine, self.max_batch, self.window = engine, max_batch, window_ms / 1000
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "rejected": 0}
+        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "rejected": 0, "retried_batches": 0,
+                      "failed_requests": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="loradex-batcher", daemon=True)
         self._thread.start()
@@ -49,8 +54,8 @@ class Batcher:
         return self._queue.full()
 
     def submit(self, request: GenerationRequest) -> Future:
-        """Queue `request`; the Future gets its Generation (or the engine's error). Raises QueueFull at once
-        when `max_queue` requests already wait."""
+        """Queue `request`; the Future gets its Generation, or the error the engine raises for this request
+        alone. Raises QueueFull at once when `max_queue` requests already wait."""
         future: Future = Future()
         try:
             self._queue.put_nowait((request, future))
@@ -80,11 +85,42 @@ class Batcher:
             self.stats["batches"] += 1
             self.stats["requests"] += len(batch)
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-            try:
-                results = self.engine.generate([r for r, _ in batch])
-            except Exception as e:  # every waiting caller gets the error, the worker goes on
-                for _, f in batch:
-                    f.set_exception(e)
-                continue
-            for (_, f), g in zip(batch, results):
-                f.set_result(g)
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[GenerationRequest, Future]]) -> None:
+        """Generate `batch` and settle its Futures; when the batch fails, each request again alone, so one
+        request's failure is its own (the worker goes on whatever happens)."""
+        try:
+            results = self.engine.generate([r for r, _ in batch])
+        except Exception as e:  # noqa: BLE001 - settled on the Futures below, never lost
+            if len(batch) == 1:
+                self.stats["failed_requests"] += 1
+                _settle(batch[0][1], error=_as_engine_error(e))
+                return
+            self.stats["retried_batches"] += 1
+            for item in batch:
+                self._run([item])
+            return
+        for (_, f), g in zip(batch, results):
+            _settle(f, result=g)
+
+
+def _as_engine_error(e: Exception) -> LoradexError:
+    """`e` when it is loradex's own error, else an EngineError saying what failed (`e` stays its cause), so the
+    server answers every failed request with an error body."""
+    if isinstance(e, LoradexError):
+        return e
+    error = EngineError(f"generation failed: {type(e).__name__}: {e}")
+    error.__cause__ = e
+    return error
+
+
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give `future` its result or error, unless its caller has cancelled it already."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled (the client went away): nobody waits for it
+        pass

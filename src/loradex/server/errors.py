@@ -2,11 +2,17 @@
 
 `ApiError` is an error a route raises with its status on purpose. loradex's own errors (`loradex.errors`) that
 reach the app are mapped to a status by the one table below, `STATUSES`; validation errors (a body that is
-not JSON, not an object, or a field out of range) are 400s naming the field. Each answered error counts in
-`loradex_errors_total{status}`.
+not JSON, not an object, an unknown field, or a field out of range) are 400s naming the field in `param`
+(`messages[0].role`); a path with no route is a 404 and a wrong method a 405 saying what is served; any
+other exception (a bug, or an engine failing one request of a batch) is a 500 `server_error` naming its
+class, with the traceback in the server log. `api_error` is the one mapping, used by the handlers and by a
+stream that fails after its first chunk (sent as a `data: {"error": ...}` event, as OpenAI does). Each
+answered error counts in `loradex_errors_total{status}`.
 """
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -20,7 +26,9 @@ from .. import errors as E
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["STATUSES", "ApiError", "Status", "install_handlers", "status_of"]
+__all__ = ["STATUSES", "ApiError", "Status", "api_error", "error_body", "error_event", "install_handlers", "status_of"]
+
+log = logging.getLogger("loradex.server")
 
 
 class ApiError(Exception):
@@ -74,47 +82,89 @@ def error_body(status: int, message: str, type_: str, code: str | None = None, p
     return {"error": {"message": message, "type": type_, "param": param, "code": code or str(status)}}
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def _param(loc: tuple) -> str:
+    """A validation error's location as OpenAI writes `param`: `messages[0].content`; union member tags
+    (`str`, `list[ContentPart]`) left out."""
+    out = ""
+    for x in loc:
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif x != "body" and "[" not in str(x) and str(x) not in _TYPE_TAGS:
+            out += f".{x}" if out else str(x)
+    return out
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
-    """A 400 naming the first bad field, as `invalid request: <field>: <what is wrong>`."""
+    """A 400 naming the first bad field: `unknown field`, `missing field`, or `invalid request: <field>: <why>`."""
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
-    loc = tuple(first.get("loc", ()))
-    if first.get("type") == "json_invalid":
+    loc, kind = tuple(first.get("loc", ())), first.get("type")
+    if kind == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "JSON decode error")
         at = f" (char {loc[1]})" if len(loc) > 1 else ""
         return ApiError(400, f"malformed JSON: {reason}{at}", code="invalid_json")
     if loc == ("body",):  # the body is null, a list, a string or a number
         return ApiError(400, "the body must be a JSON object", code="invalid_json")
-    where = ".".join(str(x) for x in loc if x != "body")
+    where = _param(loc) or None
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unknown field {where}: it is not part of the OpenAI request loradex serves; "
+                        "remove it (loradex's own options go under 'loradex')", code="unknown_parameter", param=where)
+    if kind == "missing":
+        return ApiError(400, f"missing field {where}: it is required", code="missing_required_parameter", param=where)
     return ApiError(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}",
-                    code="invalid_request", param=where or None)
+                    code="invalid_request", param=where)
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> ApiError:
+    """Starlette's own 404 (no route) and 405 (wrong method) say what is served; other HTTP errors pass as
+    they are."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return ApiError(404, f"no route for {where}; the API serves POST /v1/chat/completions and GET /v1/models",
+                        code="not_found")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        return ApiError(405, f"{where} is not allowed; this path takes {allowed}", code="method_not_allowed",
+                        headers=exc.headers)
+    return ApiError(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+def api_error(request: Request, exc: BaseException) -> ApiError:
+    """Any exception as the ApiError the client gets (see the module doc); a bug is logged with its traceback."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_error(request, exc)
+    if isinstance(exc, E.LoradexError):
+        st = status_of(exc)
+        return ApiError(st.status, st.template.format(exc), st.type, st.code, headers=st.headers)
+    return ApiError(500, f"internal server error ({type(exc).__name__}); the server log has the details, "
+                    "retry or report it", _SERVER, "server_error")
+
+
+def error_event(request: Request, exc: BaseException, metrics: Metrics) -> str:
+    """The server-sent event for a stream that failed after its first chunk (the status is already 200):
+    `data: {"error": {...}}`, which the official client raises as an APIError. Counts the error; logs a bug
+    with its traceback."""
+    e = api_error(request, exc)
+    if not isinstance(exc, (ApiError, E.LoradexError)):
+        log.error("%s %s failed while streaming", request.method, request.url.path, exc_info=exc)
+    metrics.error(e.status)
+    return f"data: {json.dumps(error_body(e.status, e.message, e.type, e.code, e.param), ensure_ascii=False)}\n\n"
 
 
 def install_handlers(app: FastAPI, metrics: Metrics) -> None:
-    """Answer ApiError, validation errors, Starlette's HTTP errors (404, 405) and loradex errors as OpenAI error
-    bodies, counting each in `metrics`."""
+    """Answer every exception (ApiError, validation errors, Starlette's 404 and 405, loradex errors, and any other
+    as a 500) as an OpenAI error body, counting each in `metrics`."""
 
-    def answer(e: ApiError) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        e = api_error(request, exc)
         metrics.error(e.status)
         return JSONResponse(error_body(e.status, e.message, e.type, e.code, e.param), e.status, headers=e.headers)
 
-    async def api_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return answer(exc)
-
-    async def invalid(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return answer(_validation_error(exc))
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        return answer(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
-
-    async def loradex_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, E.LoradexError)
-        s = status_of(exc)
-        return answer(ApiError(s.status, s.template.format(exc), s.type, s.code, headers=s.headers))
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(E.LoradexError, loradex_error)
+    for cls in (ApiError, RequestValidationError, StarletteHTTPException, E.LoradexError, Exception):
+        app.add_exception_handler(cls, handle)

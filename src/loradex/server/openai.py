@@ -1,12 +1,22 @@
 """The OpenAI-compatible API: `POST /v1/chat/completions` and `GET /v1/models`.
 
 - `model` is `auto` (the router picks), `base` (no router, no adapter), a domain name (its active adapter)
-  or `domain@version` (that adapter version, a prefix of its hash, `sha256:` optional). The last user message
-  is the question. `stream: true` sends server-sent events ending in `data: [DONE]`, a line of the answer at a
-  time (a line that repeats an earlier one is never sent, `loradex.cite.RepeatFilter`); the last chunk before
-  it carries the checked `answer` (bad citations and repeated sentences removed).
-- Answers carry the usual fields plus `citations`, `sources`, `route`, `adapter`, `abstained`, `flagged` and
-  `repeated`.
+  or `domain@version` (that adapter version, a prefix of its hash, `sha256:` optional).
+- The body's fields are honoured or refused with a 400 naming them (`loradex.server.request` lists each).
+  The messages are a conversation (`loradex.conversation`): the last user message is the question, earlier
+  turns reach the prompt within `server.max_input_chars` (oldest dropped first), the client's system message
+  becomes the prompt's instructions, and a follow-up is searched and routed with the earlier turns' key terms.
+- `stop` ends generation before the stop text, which is never returned (streamed or not). `n` choices (with
+  sampling) are n generations in the batcher, each checked on its own; the top-level `citations`, `flagged`,
+  `repeated` and `abstained` are choice 0's. A stream sends the choices one after another.
+- `stream: true` sends server-sent events ending in `data: [DONE]`, a line of the answer at a time (a line
+  that repeats an earlier one is never sent, `loradex.cite.RepeatFilter`); the last chunk of each choice
+  carries its checked `answer` (bad citations and repeated sentences removed). With `stream_options:
+  {"include_usage": true}` every chunk has `"usage": null` and one more chunk before `[DONE]` has the usage
+  and no choices, as OpenAI sends it (a stream's tokens are counted by the engine's `count_tokens`). A failure
+  after the first chunk is sent as a `data: {"error": ...}` event.
+- Answers carry the usual fields plus `citations`, `sources`, `route`, `adapter`, `abstained`, `flagged`,
+  `repeated` and `conversation` (`search_query`, the earlier `turns` kept and the `dropped` ones).
 - A `loradex` object in the body tunes one request: `{"retrieval": false}` (adapter only), `{"k": 6}`.
 - Non-streaming generations go through the Batcher (mixed-adapter batches, bounded queue, 429 when full);
   streams go to the engine directly and count against the same limit.
@@ -18,93 +28,42 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..cite import RepeatFilter
-from ..errors import AdapterError
+from ..conversation import Conversation
+from ..errors import AdapterError, QueueFull
 from ..pipeline import Prepared, complete, joined, prepare
 from ..types import Answer, Filters
 from .auth import Caller, require_key
-from .errors import ApiError
+from .errors import ApiError, error_event
+from .request import ChatCompletionRequest, LoradexOptions, refuse
 from .routing import GuardedRoute
 from .state import ServerState, get_state
 
 if TYPE_CHECKING:
+    from ..engine import Engine, Generation, GenerationRequest
     from ..project import Project
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "LoradexOptions", "model_target", "router"]
+__all__ = ["model_target", "router"]
 
 router = APIRouter(route_class=GuardedRoute, tags=["openai"])
 State = Annotated[ServerState, Depends(get_state)]
 Key = Annotated[Caller, Depends(require_key)]
 _EXTRAS = ("citations", "sources", "route", "adapter", "abstained", "flagged", "repeated")
-
-
-class ContentPart(BaseModel):
-    """One part of a message's content; only `text` parts are read."""
-
-    model_config = ConfigDict(extra="ignore")
-    type: str = ""
-    text: str = ""
-
-
-class ChatMessage(BaseModel):
-    """A chat message: its role and its content, a string or a list of content parts."""
-
-    model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str | list[ContentPart] | None = None
-
-    def text(self) -> str:
-        """The content as text (the text parts joined by spaces), stripped."""
-        if isinstance(self.content, list):
-            return " ".join(p.text for p in self.content if p.type == "text").strip()
-        return (self.content or "").strip()
-
-
-class LoradexOptions(BaseModel):
-    """loradex's own options for one request: `retrieval: false` is adapter only; `k` sources in the prompt."""
-
-    model_config = ConfigDict(extra="ignore")
-    retrieval: bool = True
-    k: int | None = Field(None, ge=1, le=20)
-
-
-class ChatCompletionRequest(BaseModel):
-    """The body of `POST /v1/chat/completions`; fields loradex does not use are accepted and ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(..., min_length=1, description="auto, base, a domain, or domain@version")
-    messages: list[ChatMessage] = Field(..., min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
-    temperature: float | None = Field(None, ge=0, le=2)
-    loradex: LoradexOptions | None = None
-
-    def question(self) -> str:
-        """The last user message's text; 400 when the last user message has none."""
-        last = next((m for m in reversed(self.messages) if m.role == "user"), None)
-        text = last.text() if last is not None else ""
-        if not text:
-            raise ApiError(400, "messages must end with a user message that has text", param="messages")
-        return text
-
-    def token_budget(self) -> int | None:
-        """`max_tokens`, else `max_completion_tokens`."""
-        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+_PER_CHOICE = ("citations", "abstained", "flagged", "repeated")
 
 
 class _Reply(NamedTuple):
     id: str
     created: int
     model: str
+    usage_chunks: bool  # stream_options.include_usage: every chunk has "usage", and a usage chunk ends
 
 
 def model_target(project: Project, model: str) -> dict[str, Any]:
@@ -126,106 +85,172 @@ def model_target(project: Project, model: str) -> dict[str, Any]:
     return {"domain": name, "version": version or None}
 
 
-def _extras(answer: Answer) -> dict[str, Any]:
+def _counter(engine: Engine) -> Callable[[GenerationRequest, str], tuple[int, int]] | None:
+    """The engine's `count_tokens(request, text) -> (prompt, completion)`, which streams need for usage."""
+    return getattr(engine, "count_tokens", None)
+
+
+def _extras(prepared: Prepared, answer: Answer) -> dict[str, Any]:
     d = answer.to_dict()
-    return {k: d[k] for k in _EXTRAS}
+    c = prepared.conversation
+    return {**{k: d[k] for k in _EXTRAS},
+            "conversation": {"search_query": prepared.query, "turns": len(c.history), "dropped": c.dropped}}
 
 
-async def _prepare(state: ServerState, body: ChatCompletionRequest, question: str, caller: Caller) -> Prepared:
-    """Route, retrieve and build the generation request with the body's budget and temperature."""
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _check_size(state: ServerState, conversation: Conversation) -> None:
+    """413 when the question and the client's system message alone exceed `server.max_input_chars` (earlier
+    turns are dropped to fit; these two cannot be)."""
+    limit = state.project.config.server.max_input_chars
+    size = len(conversation.question) + len(conversation.instructions)
+    if size > limit:
+        raise ApiError(413, f"the question and the system message are {size} characters; the limit is {limit} "
+                       "(server.max_input_chars)", code="context_length_exceeded", param="messages")
+
+
+async def _prepare(state: ServerState, body: ChatCompletionRequest, conversation: Conversation, caller: Caller,
+                   temperature: float) -> Prepared:
+    """Route, retrieve and build the generation request with the body's stop strings, budget and temperature."""
     opts = body.loradex or LoradexOptions()
     target = model_target(state.project, body.model)
     try:
         prepared = await run_in_threadpool(
-            prepare, state.project, question, k=opts.k, filters=Filters.for_caller(caller.groups),
-            retrieval=opts.retrieval, **target)
+            prepare, state.project, conversation.question, k=opts.k, filters=Filters.for_caller(caller.groups),
+            retrieval=opts.retrieval, history=conversation.history, instructions=conversation.instructions,
+            stop=body.stops(), **target)
     except AdapterError as e:
         raise ApiError(409, f"the adapter was refused: {e}", code="adapter_refused") from None
     r, budget = prepared.request, body.token_budget()
     if r is None:
         return prepared
-    temperature = r.temperature if body.temperature is None else float(body.temperature)
     return dataclasses.replace(prepared, request=dataclasses.replace(
         r, max_new_tokens=budget or r.max_new_tokens, temperature=temperature))
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, caller: Key, state: State) -> Any:
+async def chat_completions(body: ChatCompletionRequest, caller: Key, state: State, request: Request) -> Any:
     """A chat completion (JSON, or server-sent events with `stream: true`) with citations, sources and route."""
-    question = body.question()
-    limit = state.project.config.server.max_input_chars
-    if len(question) > limit:
-        raise ApiError(413, f"the question is {len(question)} characters; the limit is {limit}",
-                       code="context_length_exceeded", param="messages")
+    temperature = state.project.config.answer.temperature if body.temperature is None else float(body.temperature)
+    body.check(temperature)
+    conversation = body.conversation()
+    _check_size(state, conversation)
+    usage_chunks = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    if usage_chunks and _counter(state.project.engine) is None:
+        raise refuse("stream_options.include_usage", f"the {state.project.engine.name} engine cannot count the "
+                     "tokens of a stream")
     t0 = time.perf_counter()
-    prepared = await _prepare(state, body, question, caller)
-    reply = _Reply(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), body.model)
+    prepared = await _prepare(state, body, conversation, caller, temperature)
+    reply = _Reply(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), body.model, usage_chunks)
     state.metrics.requests.labels(model=body.model.split("@")[0], stream=str(body.stream).lower()).inc()
     if body.stream:
-        return _stream(state, prepared, reply, t0)
-    return await _complete(state, prepared, reply, t0)
+        return _stream(state, prepared, reply, t0, body.n, request)
+    return await _complete(state, prepared, reply, t0, body.n)
 
 
-async def _complete(state: ServerState, prepared: Prepared, reply: _Reply, t0: float) -> dict[str, Any]:
-    """Generate through the batcher (QueueFull is a 429) and answer as a `chat.completion`."""
+async def _generate(state: ServerState, request: GenerationRequest, n: int) -> tuple[list[Generation], float]:
+    """`n` generations of `request` through the batcher, and the milliseconds they took. QueueFull (429) when
+    the queue has no room for all `n`."""
+    if n > 1 and state.batcher.capacity - state.batcher.depth < n:
+        raise QueueFull(f"{n} choices do not fit in the queue ({state.batcher.depth} of {state.batcher.capacity} "
+                        "places taken)")
+    futures = [state.batcher.submit(request) for _ in range(n)]
+    t_gen = time.perf_counter()
+    gens = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+    return list(gens), (time.perf_counter() - t_gen) * 1000
+
+
+def _choice(i: int, answer: Answer, finish_reason: str) -> dict[str, Any]:
+    d = answer.to_dict()
+    return {"index": i, "message": {"role": "assistant", "content": answer.answer}, "logprobs": None,
+            "finish_reason": finish_reason, **{k: d[k] for k in _PER_CHOICE}}
+
+
+async def _complete(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int) -> dict[str, Any]:
+    """Generate `n` choices through the batcher (QueueFull is a 429) and answer as a `chat.completion`; usage
+    counts the prompt once and every choice's tokens."""
+    gens: list[Generation] = []
     if prepared.early_answer is not None:
-        answer, prompt_tokens, completion_tokens, finish_reason = prepared.early_answer, 0, 0, "stop"
+        answers = [prepared.early_answer] * n
     else:
         assert prepared.request is not None
-        future = state.batcher.submit(prepared.request)
-        t_gen = time.perf_counter()
-        gen = await asyncio.wrap_future(future)
-        answer = complete(state.project, prepared, gen.text, (time.perf_counter() - t_gen) * 1000)
-        prompt_tokens, completion_tokens, finish_reason = gen.prompt_tokens, gen.completion_tokens, gen.finish_reason
-        state.metrics.tokens.labels(kind="completion").inc(completion_tokens)
-        state.metrics.tokens.labels(kind="prompt").inc(prompt_tokens)
+        gens, ms = await _generate(state, prepared.request, n)
+        answers = [complete(state.project, prepared, g.text, ms) for g in gens]
+    prompt_tokens = gens[0].prompt_tokens if gens else 0
+    completion_tokens = sum(g.completion_tokens for g in gens)
+    reasons = [g.finish_reason for g in gens] or ["stop"] * n
+    state.metrics.tokens.labels(kind="completion").inc(completion_tokens)
+    state.metrics.tokens.labels(kind="prompt").inc(prompt_tokens)
     state.metrics.latency.observe(time.perf_counter() - t0)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
     return {"id": reply.id, "object": "chat.completion", "created": reply.created, "model": reply.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
-                         "finish_reason": finish_reason}],
-            "usage": usage, **_extras(answer)}
+            "choices": [_choice(i, a, r) for i, (a, r) in enumerate(zip(answers, reasons))],
+            "usage": _usage(prompt_tokens, completion_tokens), **_extras(prepared, answers[0])}
 
 
-def _chunk(reply: _Reply, delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
-    body = {"id": reply.id, "object": "chat.completion.chunk", "created": reply.created, "model": reply.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+def _sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-def _stream(state: ServerState, prepared: Prepared, reply: _Reply, t0: float) -> StreamingResponse:
+def _chunk(reply: _Reply, index: int, delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
+    body = {"id": reply.id, "object": "chat.completion.chunk", "created": reply.created, "model": reply.model,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            **({"usage": None} if reply.usage_chunks else {}), **extra}
+    return _sse(body)
+
+
+def _stream(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int,
+            request: Request) -> StreamingResponse:
     """Server-sent events from the engine's stream; 429 when streams and waiting requests fill the queue."""
     if not state.streams.enter(state.batcher.capacity - state.batcher.depth):
         raise ApiError(429, "server busy; retry shortly", "rate_limit_error", "queue_full",
                        headers={"Retry-After": "1"})
-    return StreamingResponse(_events(state, prepared, reply, t0), media_type="text/event-stream",
+    return StreamingResponse(_events(state, prepared, reply, t0, n, request), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _events(state: ServerState, prepared: Prepared, reply: _Reply, t0: float) -> Iterator[str]:
+def _events(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int,
+            request: Request) -> Iterator[str]:
+    """Each choice's chunks in turn, the usage chunk when asked for, then `[DONE]`; an error as its event."""
     try:
-        yield _chunk(reply, {"role": "assistant", "content": ""})
-        if prepared.early_answer is not None:
-            answer = prepared.early_answer
-            yield _chunk(reply, {"content": answer.answer})
-        else:
-            assert prepared.request is not None
-            pieces, shown = [], RepeatFilter()  # whole lines, never one that repeats an earlier one
-            t_gen = time.perf_counter()
-            for piece in state.project.engine.stream(prepared.request):
-                pieces.append(piece)
-                if text := shown.feed(piece):
-                    yield _chunk(reply, {"content": text})
-            if rest := shown.finish():
-                yield _chunk(reply, {"content": rest})
-            answer = complete(state.project, prepared, joined(pieces), (time.perf_counter() - t_gen) * 1000)
-        # the last chunk carries the checked answer: the text with bad citations removed, and its sources
-        yield _chunk(reply, {}, "stop", answer=answer.answer, **_extras(answer))
+        tokens = [0, 0]  # prompt (once), completion (every choice)
+        for i in range(n):
+            yield from _choice_events(state, prepared, reply, i, tokens)
+        if reply.usage_chunks:
+            yield _sse({"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
+                        "model": reply.model, "choices": [], "usage": _usage(*tokens)})
         yield "data: [DONE]\n\n"
         state.metrics.latency.observe(time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - the status is sent already: the client gets the error as an event
+        yield error_event(request, e, state.metrics)
     finally:
         state.streams.leave()
+
+
+def _choice_events(state: ServerState, prepared: Prepared, reply: _Reply, i: int, tokens: list[int]) -> Iterator[str]:
+    """Choice `i`: the role, its text a line at a time, and a last chunk with the checked answer and extras."""
+    yield _chunk(reply, i, {"role": "assistant", "content": ""})
+    if prepared.early_answer is not None:
+        answer = prepared.early_answer
+        yield _chunk(reply, i, {"content": answer.answer})
+    else:
+        r = prepared.request
+        assert r is not None
+        pieces, shown = [], RepeatFilter()  # whole lines, never one that repeats an earlier one
+        t_gen = time.perf_counter()
+        for piece in state.project.engine.stream(r):
+            pieces.append(piece)
+            if text := shown.feed(piece):
+                yield _chunk(reply, i, {"content": text})
+        if rest := shown.finish():
+            yield _chunk(reply, i, {"content": rest})
+        answer = complete(state.project, prepared, joined(pieces), (time.perf_counter() - t_gen) * 1000)
+        if (count := _counter(state.project.engine)) is not None and reply.usage_chunks:
+            prompt_tokens, completion_tokens = count(r, joined(pieces))
+            tokens[0], tokens[1] = prompt_tokens, tokens[1] + completion_tokens
+    yield _chunk(reply, i, {}, "stop", answer=answer.answer, **_extras(prepared, answer))
 
 
 @router.get("/v1/models")

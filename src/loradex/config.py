@@ -45,7 +45,7 @@ class RetrievalConfig(_Model):
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
 
 
-NO_REPEAT_NGRAM = 0  # off until benchmarks/no_repeat_ngram.py has measured hybrid too (rag only so far; README "Repetition")
+NO_REPEAT_NGRAM = 0  # off until benchmarks/no_repeat_ngram.py has measured hybrid too (README "Repetition")
 WINDOW = 1  # measured (benchmarks/passage_window.py): answer in the sources 0.90 -> 0.95 example, 0.64 -> 0.71 PolicyQA
 
 

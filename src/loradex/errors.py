@@ -72,6 +72,16 @@ class AdapterError(LoradexError):
 class EngineError(LoradexError):
     """The engine cannot serve this request (a model without a chat template, an adapter not loaded)."""
 
+    @classmethod
+    def of(cls, e: BaseException, where: str = "") -> LoradexError:
+        """`e` when it is loradex's own error, else an EngineError "generation failed{where}: Type: message" with
+        `e` as its cause, so every failed request gets an error body that says what failed."""
+        if isinstance(e, LoradexError):
+            return e
+        error = cls(f"generation failed{where}: {type(e).__name__}: {e}")
+        error.__cause__ = e
+        return error
+
 
 class QueueFull(LoradexError):
     """The generation queue is at its limit; retry after a moment."""

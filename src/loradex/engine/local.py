@@ -250,8 +250,7 @@ class LocalEngine:
             raise
         except Exception as e:  # PEFT's or torch's: an error of the engine, for the requests of this batch
             adapters = sorted({r.adapter or "base" for r in requests})
-            raise EngineError(f"generation failed for a batch of {len(requests)} (adapters: {', '.join(adapters)}): "
-                              f"{type(e).__name__}: {e}") from e
+            raise EngineError.of(e, f" for a batch of {len(requests)} (adapters: {', '.join(adapters)})") from e
         t1 = time.perf_counter()
         t_first = first[0] if first else t1
         timings = {"prompt": (t_first - t0) * 1000, "generate": (t1 - t_first) * 1000}
@@ -297,10 +296,7 @@ class LocalEngine:
         thread.join()
         if errors:  # e.g. an adapter that was never loaded: fail as generate() does
             e = errors[0]
-            if isinstance(e, Exception) and not isinstance(e, LoradexError):
-                raise EngineError(f"generation failed (adapter: {request.adapter or 'base'}): "
-                                  f"{type(e).__name__}: {e}") from e
-            raise e
+            raise EngineError.of(e, f" (adapter: {request.adapter or 'base'})") if isinstance(e, Exception) else e
 
     def _generate_for_streamer(self, errors: list[BaseException], request: GenerationRequest, **kwargs) -> None:
         try:

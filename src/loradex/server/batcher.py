@@ -18,7 +18,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any
 
 from ..engine import GenerationRequest
-from ..errors import EngineError, LoradexError, QueueFull
+from ..errors import EngineError, QueueFull
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -95,7 +95,7 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - settled on the Futures below, never lost
             if len(batch) == 1:
                 self.stats["failed_requests"] += 1
-                _settle(batch[0][1], error=_as_engine_error(e))
+                _settle(batch[0][1], error=EngineError.of(e))
                 return
             self.stats["retried_batches"] += 1
             for item in batch:
@@ -103,16 +103,6 @@ class Batcher:
             return
         for (_, f), g in zip(batch, results):
             _settle(f, result=g)
-
-
-def _as_engine_error(e: Exception) -> LoradexError:
-    """`e` when it is loradex's own error, else an EngineError saying what failed (`e` stays its cause), so the
-    server answers every failed request with an error body."""
-    if isinstance(e, LoradexError):
-        return e
-    error = EngineError(f"generation failed: {type(e).__name__}: {e}")
-    error.__cause__ = e
-    return error
 
 
 def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:

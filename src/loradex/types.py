@@ -164,7 +164,8 @@ class Route:
     a weight times its cosine to the nearest general off-topic query (out of scope below the router's
     threshold, see `loradex.route`). `reason` is one of "" (routed), "ambiguous", "out_of_scope", "no_router",
     "not_routed" or "explicit" (the caller named the domain). `similarity` is the cosine of the query to
-    `best`'s nearest example query."""
+    `best`'s nearest example query. `calibrated` is False when the router that scored the query had too few
+    examples in some domain to calibrate its scores (see `loradex.route`), None when no router scored it."""
 
     domain: str | None
     score: float
@@ -174,6 +175,7 @@ class Route:
     best: str | None = None
     similarity: float | None = None
     scope: float | None = None
+    calibrated: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

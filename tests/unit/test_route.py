@@ -198,7 +198,7 @@ def test_cli_route_explains_and_says_when_uncalibrated(tmp_path):
     assert "uncalibrated" in r.stderr and "fewer than 3" in r.stderr and "nearest claims examples" in r.stdout
     r = CliRunner().invoke(app, ["route", "stolen car police report", "-p", str(root), "--explain", "--json"])
     row = json.loads(r.stdout)
-    assert row["best"] == "claims"
+    assert row["best"] == "claims" and row["calibrated"] is False
     assert row["explain"]["examples"]["claims"][0]["text"] == domains["claims"]["examples"][0]
     assert row["explain"]["off_topic"] and "scope_threshold" in row["explain"]
 
@@ -218,6 +218,6 @@ def test_a_project_with_one_example_a_domain_serves(tmp_path):
         r = httpx.post(running.url + "/v1/chat/completions", timeout=30,
                        json={"model": "auto", "messages": [{"role": "user", "content": "stolen car police report"}]})
         assert r.status_code == 200, r.text
-        assert r.json()["route"]["best"] == "claims"
+        assert r.json()["route"]["best"] == "claims" and r.json()["route"]["calibrated"] is False
     finally:
         running.stop()

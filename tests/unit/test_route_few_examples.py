@@ -225,3 +225,45 @@ def test_a_one_example_domain_s_example_counts_twice_in_the_scope_score():
     three = normalise(np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]], np.float32))  # the second is alone
     loo = scope_scores(three, three, three[:0], leave_one_out=True, alone=np.array([False, True, False]))
     assert loo == pytest.approx([0.5 ** 0.5, 0.5 ** 0.5 / 2, 0.0])  # the first's nearest is alone: it counts twice
+
+
+def _two_example_project(tmp_path):
+    root = tmp_path / "p"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "claims.md").write_text("# Theft\n\nReport a stolen car to the police within 24 hours.\n")
+    domains = {d: {"examples": queries(d, 2, k)} for k, d in enumerate(WORDS)}
+    (root / "loradex.yaml").write_text(json.dumps({"embedder": "hashing", "engine": "echo", "domains": domains}))
+    return root
+
+
+def test_cli_route_with_fit_says_uncalibrated_once(tmp_path):
+    from typer.testing import CliRunner
+
+    from loradex.cli import app
+
+    root = _two_example_project(tmp_path)
+    r = CliRunner().invoke(app, ["route", "--fit", WORDS["claims"], "-p", str(root)])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("uncalibrated") == 1 and "claims" in r.stdout
+
+
+def test_a_project_with_two_examples_a_domain_serves_and_health_says_uncalibrated(tmp_path):
+    import httpx
+
+    from loradex.ingest.ingest import ingest
+    from loradex.project import open_project
+    from loradex.server.app import create_app
+    from loradex.testing import ThreadedServer
+
+    proj = open_project(_two_example_project(tmp_path))
+    ingest(proj)
+    running = ThreadedServer(create_app(proj, window_ms=0))
+    try:
+        health = httpx.get(running.url + "/health").json()
+        assert health["router"]["calibrated"] is False and health["router"]["domains"] == 3
+        assert health["router"]["examples"] == 6 and "fewer than 3" in health["router"]["reason"]
+        body = {"model": "auto", "messages": [{"role": "user", "content": WORDS["claims"]}]}
+        answer = httpx.post(running.url + "/v1/chat/completions", json=body, timeout=30).json()
+        assert answer["route"]["calibrated"] is False, answer
+    finally:
+        running.stop()

@@ -104,7 +104,7 @@ def route(query: Optional[str] = typer.Argument(None, help="The query to route."
             return
     if (query is None) == (file is None):
         raise QueryError("give a query, or --file QUERIES.txt (one a line), or --fit")
-    if router is not None and not router.calibrated and not as_json:
+    if router is not None and not router.calibrated and not as_json and not fit:  # --fit has said it already
         err.print(f"[yellow]router uncalibrated:[/] {router.uncalibrated_reason}", highlight=False)
     queries = [query] if query is not None else _lines(file)  # type: ignore[arg-type]  # one is given
     for q, r in zip(queries, proj.route(queries)):

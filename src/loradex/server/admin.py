@@ -112,4 +112,5 @@ def fit_router(state: State) -> dict[str, Any]:
     """Refit the router on the domains' example queries; it routes from the next request."""
     with state.admin_lock:
         summary = state.project.refit_router().summary()
-    return {k: summary[k] for k in ("domains", "examples", "calibration_accuracy")}
+    return {k: summary[k] for k in ("domains", "examples", "calibration_accuracy", "calibrated",
+                                    "uncalibrated_reason")}

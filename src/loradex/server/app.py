@@ -42,10 +42,16 @@ State = Annotated[ServerState, Depends(get_state)]
 
 @service.get("/health")
 def health(state: State) -> dict[str, Any]:
-    """Liveness with the number of indexed documents, the loaded adapters and the queue depth."""
+    """Liveness with the number of indexed documents, the loaded adapters, the queue depth and the router's
+    state: `router` is None without domain examples, else `{"domains", "examples", "calibrated", "reason"}`
+    (`calibrated` False when a domain has fewer than 3 examples; `reason` says which and what to do)."""
     engine = state.project.engine
+    router = state.project.router
+    routing = None if router is None else {
+        "domains": len(router.domains), "examples": router.meta.get("examples"), "calibrated": router.calibrated,
+        "reason": router.uncalibrated_reason}
     return {"status": "ok", "documents": len(state.project.load_manifest()["documents"]),
-            "adapters_loaded": engine.loaded_adapters(), "queue_depth": state.batcher.depth}
+            "adapters_loaded": engine.loaded_adapters(), "queue_depth": state.batcher.depth, "router": routing}
 
 
 @service.get("/metrics")

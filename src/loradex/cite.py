@@ -41,7 +41,6 @@ STOP = frozenset("""a an and are as at be been but by can could did do does for 
 into is it its may might must no not of on or our should so such than that the their them then there these
 they this to was we were what when where which while who will with within would you your yes also any all
 each per""".split())
-VERIFIER_VERSION = 3  # 2: re-citing a sentence its cited sources do not support; 3: one grammar for every citation form
 MIN_QUOTE_WORDS = 6
 MIN_OVERLAP = 0.6
 

@@ -1,4 +1,5 @@
 """`loradex eval` on the weightless setup: echo engine, hashing embedder, the ingest tests' documents."""
+import dataclasses
 import json
 
 import pytest
@@ -57,26 +58,45 @@ def test_every_mode_is_scored_and_a_rerun_answers_from_the_cache(project):
     assert bread["abstained_right"] == 1.0 and bread["abstained_wrongly"] is None
     calls = engine.calls
     again = evaluate(proj, qs, ["base", "rag", "oracle"])
-    assert engine.calls == calls and [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+    assert engine.calls == calls  # routing and retrieval run again (their latency is measured anew), no generation
+    scores = [[{k: v for k, v in r["metrics"].items() if k != "latency_ms"} for r in rs] for rs in (rows, again)]
+    assert scores[0] == scores[1]
 
 
-def test_a_change_recomputes_only_the_modes_it_touches(project):
-    from loradex.evaluate.run import state_key
-
+def test_a_change_generates_again_only_what_it_touches(project):
     proj, engine, path = project
     qs = load_questions(path)
     evaluate(proj, qs, ["base", "rag", "oracle"])
-    before = {m: state_key(proj, m) for m in ("base", "rag", "oracle", "adapter", "hybrid")}
     (proj.root / "docs/claims/theft.txt").write_text("Theft\n\nCall the police within 12 hours.\n")
-    ingest(proj)  # a document changed: modes with sources answer again, base does not
-    after = {m: state_key(proj, m) for m in before}
-    assert after["base"] == before["base"] and after["adapter"] == before["adapter"]
-    assert all(after[m] != before[m] for m in ("rag", "oracle", "hybrid"))
+    ingest(proj)  # a document changed: the prompts with sources change, base's does not
     calls = engine.calls
     rows = evaluate(proj, qs, ["base", "rag"])
     assert engine.calls - calls == 1  # theft under rag; the off-topic bread abstains without generating
     theft = next(r for r in rows if r["mode"] == "rag" and r["id"] == "theft")
     assert "Call the police within 12 hours" in theft["answer"]
+
+
+def test_cached_generations_are_checked_again_on_every_run(project, monkeypatch):
+    """A change to the citation check or the repeat removal is measured on the cached text: no generation."""
+    from loradex import pipeline
+
+    proj, engine, path = project
+    qs = load_questions(path)
+    first = evaluate(proj, qs, ["rag"])
+    calls, checked = engine.calls, []
+    real = pipeline.verify
+
+    def stricter(answer, passages, **kw):
+        checked.append(answer)
+        result = real(answer, passages, **kw)
+        result.checks = [dataclasses.replace(c, verified=False) for c in result.checks]
+        return result
+
+    monkeypatch.setattr(pipeline, "verify", stricter)
+    again = evaluate(proj, qs, ["rag"])
+    assert engine.calls == calls and len(checked) == 1
+    theft = [next(r for r in rows if r["id"] == "theft")["metrics"] for rows in (first, again)]
+    assert theft[0]["verified_citation"] == 1.0 and theft[1]["verified_citation"] == 0.0
 
 
 def test_summary_has_intervals_and_paired_differences_from_rag(project):

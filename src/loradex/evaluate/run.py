@@ -3,19 +3,22 @@
 Modes: `base` (no sources, no adapter), `rag` (all sources, base model), `adapter` (the routed domain's
 adapter, no sources), `hybrid` (route, the domain's sources and adapter: the product), `oracle` (the gold
 documents as the only sources, base model, never abstaining: the ceiling for reading). Every answer is greedy
-as configured, and cached under `.loradex/eval/` by the question, the mode and the state that mode depends on
-(`state_key`: model, engine and answer settings; document versions for modes with sources; active adapter
-versions and the router for modes with an adapter), so a rerun after a change recomputes only what it touches.
+as configured. The model's text is cached under `.loradex/eval/generations/` by the request that produced it
+(`generation_key`: the model, the engine and the whole request, so a changed document, route, adapter or
+setting generates again and nothing else does); routing, retrieval, repeat removal and citation checking run
+on every eval, so a change to them is measured on the cached text in seconds.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_text
-from ..cite import VERIFIER_VERSION
 from ..errors import QueryError
 from ..types import Answer, Filters
 from .metrics import (
@@ -34,6 +37,7 @@ from .questions import Question
 from .stats import bootstrap, paired_bootstrap
 
 if TYPE_CHECKING:
+    from ..engine import GenerationRequest
     from ..project import Project
 
 __all__ = ["METRICS", "MODES", "evaluate", "score_answer", "summarise"]
@@ -45,42 +49,56 @@ METRICS = ("exact_match", "token_f1", "contains_answer", "label_accuracy", "cita
 Progress = Callable[[int, int], None]
 
 
-def _ask(project: Project, q: Question, mode: str) -> Answer | None:
-    from ..pipeline import answer
-
+def _mode_args(q: Question, mode: str) -> dict[str, Any] | None:
+    """`prepare`'s arguments for `mode`; None where the mode does not apply (oracle without gold documents)."""
     if mode == "base":
-        return answer(project, q.question, route=False, use_adapter=False, retrieval=False)
+        return {"route": False, "use_adapter": False, "retrieval": False}
     if mode == "rag":
-        return answer(project, q.question, route=False, use_adapter=False)
+        return {"route": False, "use_adapter": False}
     if mode == "adapter":
-        return answer(project, q.question, retrieval=False)
+        return {"retrieval": False}
     if mode == "hybrid":
-        return answer(project, q.question)
+        return {}
     if not q.gold_docs:  # oracle needs the gold documents
         return None
-    return answer(project, q.question, route=False, use_adapter=False, filters=Filters(doc_ids=q.gold_docs),
-                  min_dense_score=-1.0)
+    return {"route": False, "use_adapter": False, "filters": Filters(doc_ids=q.gold_docs), "min_dense_score": -1.0}
 
 
-def state_key(project: Project, mode: str = "hybrid") -> str:
-    """A hash of what `mode`'s answers depend on besides the question: the model, engine and answer settings
-    for every mode (settings left at their defaults are not counted, so a new setting does not void the
-    cache); the documents, retrieval settings and `VERIFIER_VERSION` (the citation check shapes the answer
-    shown) for modes with sources; the active adapters and the router
-    for modes with an adapter."""
-    cfg = project.config
-    blob: list = [cfg.name, cfg.model, cfg.engine, cfg.answer.model_dump(exclude_defaults=True)]
-    if mode != "adapter" and mode != "base":
-        manifest = project.load_manifest()
-        docs = {d: m["version"] for d, m in manifest["documents"].items()}
-        blob += [cfg.embedder, cfg.retrieval.model_dump(exclude_defaults=True), docs, manifest.get("chunker"),
-                 VERIFIER_VERSION]
-    if mode in ("adapter", "hybrid"):
-        adapters = sorted((p.parent.name, p.read_text())
-                          for p in (project.state_dir / "adapters").glob("*/active.json"))
-        router = project.state_dir / "router.json"
-        blob += [adapters, json.loads(router.read_text()).get("key") if router.is_file() else None]
-    return hashlib.sha256(json.dumps([mode, blob], sort_keys=True).encode()).hexdigest()[:16]
+def generation_key(project: Project, request: GenerationRequest) -> str:
+    """What a generation depends on: the base model and engine, and the whole request (the prompt with its
+    sources, the adapter's content hash in its label, the decoding settings). Routing, retrieval, documents and
+    adapters all reach the generation through the request, so none needs its own place in the key."""
+    blob = [project.config.model, project.config.engine, dataclasses.asdict(request)]
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _ask(project: Project, q: Question, mode: str, cache: Path) -> Answer | None:
+    """Prepare the question as `mode` does (route, retrieve, prompt), take the model's text from the cache or
+    generate it, then remove repeats and verify citations as `answer` does: a change to the verifier or the
+    repeat check re-scores every cached answer without generating again."""
+    from ..pipeline import complete, prepare
+
+    args = _mode_args(q, mode)
+    if args is None:
+        return None
+    p = prepare(project, q.question, **args)
+    if p.early_answer is not None:
+        return p.early_answer
+    assert p.request is not None
+    path = cache / f"{generation_key(project, p.request)}.json"
+    if path.is_file():
+        gen = json.loads(path.read_text())
+    else:
+        t0 = time.perf_counter()
+        out = project.engine.generate([p.request])[0]
+        gen = {"text": out.text, "generate_ms": (time.perf_counter() - t0) * 1000,
+               "prompt_ms": out.timings_ms.get("prompt", 0.0), "prompt_tokens": out.prompt_tokens,
+               "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
+        write_text(path, json.dumps(gen))
+    p.timings["prompt"] = gen["prompt_ms"]
+    p.usage.update(prompt_tokens=gen["prompt_tokens"], completion_tokens=gen["completion_tokens"],
+                   finish_reason=gen["finish_reason"])
+    return complete(project, p, gen["text"], gen["generate_ms"])
 
 
 def _format_of(project: Project, q: Question, routed: str | None) -> str | None:
@@ -130,20 +148,11 @@ def evaluate(project: Project, questions: Sequence[Question], modes: Sequence[st
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise QueryError(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
-    cache = project.state_dir / "eval" / "answers"
-    keys = {mode: state_key(project, mode) for mode in modes}
+    cache = project.state_dir / "eval" / "generations"
     rows, done, total = [], 0, len(questions) * len(modes)
     for q in questions:
         for mode in modes:
-            item = hashlib.sha256(json.dumps([keys[mode], q.question, q.gold_docs]).encode()).hexdigest()[:24]
-            path = cache / f"{item}.json"
-            result: Answer | None
-            if path.is_file():
-                result = Answer.from_dict(json.loads(path.read_text()))
-            else:
-                result = _ask(project, q, mode)
-                if result is not None:
-                    write_text(path, json.dumps(result.to_dict()))
+            result = _ask(project, q, mode, cache)
             if result is not None:
                 rows.append(score_answer(project, q, mode, result))
             done += 1

@@ -107,21 +107,54 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
 
 
-def sentence_key(sentence: str) -> str:
-    """What makes two sentences the same one for repetition: the text without citations, list bullets and
-    surrounding spaces, in lower case, spaces collapsed."""
-    return " ".join(CITATION.sub("", sentence).strip(" -*\t").lower().split())
+_FIELD_LABEL = re.compile(r"^\s*[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:\s+")  # "Why: ", "Next steps: "
+_NEGATIONS = frozenset({"no", "not", "never", "nor"})  # "covered" and "not covered" are two claims
+NEAR_REPEAT = 0.85  # content-word similarity (difflib ratio) at which two sentences count as one repeated
+NEAR_MIN_WORDS = 5  # below this many content words only an exact repeat counts
+
+
+def repeat_key(sentence: str) -> tuple[str, ...]:
+    """What two sentences are compared on for repetition: their content words (stemmed, numbers and negations
+    kept, other stop words dropped) without citations, a list mark or a leading field label ("Why:",
+    "Limits:"), so "Why: X." and "Limits: the X." are one sentence said twice."""
+    text = _FIELD_LABEL.sub("", _LIST_MARK.sub("", CITATION.sub("", sentence)))
+    return tuple(_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP or w in _NEGATIONS)
+
+
+def same_sentence(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether two `repeat_key`s say the same thing: equal (two words or more), or, from `NEAR_MIN_WORDS`
+    content words each, at least `NEAR_REPEAT` similar (a word or two changed, as small models loop)."""
+    if len(a) < 2 or len(b) < 2:
+        return False
+    if a == b:
+        return True
+    return (min(len(a), len(b)) >= NEAR_MIN_WORDS
+            and SequenceMatcher(None, a, b, autojunk=False).ratio() >= NEAR_REPEAT)
+
+
+class _Seen:
+    """The sentences said so far; `repeats(sentence)` is True for one that says an earlier one again
+    (`same_sentence`)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, ...]] = []
+
+    def repeats(self, sentence: str) -> bool:
+        key = repeat_key(sentence)
+        if any(same_sentence(k, key) for k in self.keys):
+            return True
+        self.keys.append(key)
+        return False
 
 
 def drop_repeats(text: str) -> tuple[str, list[str]]:
-    """`text` without the second and later occurrences of any sentence or line of two words or more (compared
-    by `sentence_key`), and the sentences removed, in order. The rest of the text, line breaks included, is
-    kept as it was; a removed line takes its line break with it."""
-    seen: set[str] = set()
+    """`text` without the second and later occurrences of any sentence or line that says an earlier one again
+    (`_Seen`: the same content words, or nearly, field labels aside), and the sentences removed, in order. The
+    rest of the text, line breaks included, is kept as it was; a removed line takes its line break with it."""
+    seen = _Seen()
     kept, removed, pos = [], [], 0
     for m in _SENTENCE.finditer(text):
-        key = sentence_key(m.group())
-        if len(key.split()) >= 2 and key in seen:
+        if seen.repeats(m.group()):
             start = m.start()
             line_start = text.rfind("\n", 0, start) + 1
             if _BULLET_ONLY.match(text[line_start:start]):  # "2. <repeat>": the list item goes with it
@@ -131,7 +164,6 @@ def drop_repeats(text: str) -> tuple[str, list[str]]:
             pos = m.end()
             if text[:start].endswith("\n") and text[pos:pos + 1] == "\n":
                 pos += 1
-        seen.add(key)
     if not removed:
         return text, []
     kept.append(text[pos:])
@@ -140,21 +172,15 @@ def drop_repeats(text: str) -> tuple[str, list[str]]:
 
 class RepeatFilter:
     """`drop_repeats` for a stream, by lines: `feed` a piece of text, get back what may be shown now; a line is
-    held back until it ends, and a line that repeats an earlier one (list number aside, compared by
-    `sentence_key`, two words or more) is never shown. `finish` returns the last, unfinished line."""
+    held back until it ends, and a line that says an earlier one again (`_Seen`) is never shown. `finish`
+    returns the last, unfinished line."""
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        self.seen = _Seen()
         self.line = ""
 
     def _keep(self, line: str) -> bool:
-        if not line.strip():
-            return True
-        key = sentence_key(_LIST_MARK.sub("", line))
-        if len(key.split()) >= 2 and key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
+        return not line.strip() or not self.seen.repeats(line)
 
     def feed(self, piece: str) -> str:
         *done, self.line = (self.line + piece).split("\n")
@@ -243,15 +269,30 @@ def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Veri
             result.checks.append(CitationCheck(n, claim, s.ok, s.reason, s.quote))
             supported |= s.ok
         if not supported:
-            others = [i for i, p in enumerate(passages, start=1) if i not in cited and support(claim, p).ok]
+            others = [i for i, p in enumerate(passages, start=1) if i not in cited and local_support(claim, p).ok]
             result.flagged.append({"sentence": claim, "cited": cited, "supported_by": others})
     return result
 
 
+def local_support(claim: str, passage: str) -> Support:
+    """Whether one place in `passage` supports `claim`: `support` against each sentence or line of the passage
+    and each pair of neighbouring ones, the strongest kept. Stricter than `support` on the whole passage, which
+    a sentence assembled from words scattered over a long passage can pass (an exclusions list read as cover)."""
+    parts = sentences(passage)
+    windows = parts + [f"{a} {b}" for a, b in zip(parts, parts[1:])]
+    checked = [support(claim, w) for w in windows]
+    ok = [c for c in checked if c.ok]
+    if ok:
+        return max(ok, key=lambda c: c.strength)
+    return max(checked, key=lambda c: c.strength, default=Support(False, "the source has no text"))
+
+
 def _best_support(claim: str, passages: list[str]) -> tuple[int, Support] | None:
+    """The source loradex cites for `claim`: the one with the strongest `local_support` (the lowest number on
+    ties). A citation loradex adds must rest on one place in the source, not on words spread over it."""
     if len(content_words(claim)) < 3:
         return None  # too short to attribute ("Yes.", "Hello.")
-    scored = [(n, support(claim, p)) for n, p in enumerate(passages, start=1)]
+    scored = [(n, local_support(claim, p)) for n, p in enumerate(passages, start=1)]
     ok = [(n, s) for n, s in scored if s.ok]
     return max(ok, key=lambda x: (x[1].strength, -x[0])) if ok else None
 

@@ -157,7 +157,7 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
 
 
 def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0) -> Answer:
-    """Remove verbatim repeats from the generated `text`, verify its citations against the prepared sources
+    """Remove repeated sentences from the generated `text`, verify its citations against the prepared sources
     and build the Answer."""
     p.timings["generate"] = generate_ms
     text, repeated = drop_repeats(text.strip())

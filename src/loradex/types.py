@@ -243,8 +243,9 @@ class Answer:
     `answer` is the generated text with citations of missing sources removed; `abstained` is true when the
     documents did not cover the question (no generation, or the model said so without citing);
     `flagged` holds cited sentences no cited passage supports (`sentence`, `cited`, `supported_by`);
-    `repeated` holds the sentences removed from the answer as verbatim repeats of an earlier one (degenerate
-    output: non-empty means the model looped and the answer deserves a second look);
+    `repeated` holds the sentences removed from the answer as repeats of an earlier one
+    (`loradex.cite.same_sentence`; degenerate output: non-empty means the model looped and the answer deserves
+    a second look);
     `timings_ms` are milliseconds per stage (route, load, retrieve, prompt, generate, verify); `usage` has
     token counts and the best dense score; `adapter` is `domain@sha256:<12 hex>`, None for the base model."""
 

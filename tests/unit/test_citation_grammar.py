@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loradex.cite import canonical_citations, parse_citations, sentence_key, sentences, verify
+from loradex.cite import canonical_citations, parse_citations, repeat_key, sentences, verify
 from loradex.evaluate.metrics import citation_scores
 
 PASSAGES = ["Report a theft to the police within 24 hours and keep the crime reference number.",
@@ -66,7 +66,7 @@ def test_a_trailing_citation_of_any_form_stays_with_its_sentence():
 
 
 def test_repeats_are_the_same_sentence_whatever_their_citation_form():
-    assert sentence_key("Call the police [Source 1].") == sentence_key("Call the police [1].")
+    assert repeat_key("Call the police [Source 1].") == repeat_key("Call the police [1].")
 
 
 def test_citation_metrics_read_every_form():

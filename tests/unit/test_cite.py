@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -115,3 +116,68 @@ def test_a_stream_never_shows_a_repeated_line():
     assert g.feed("Call us now.\nCall us") == "Call us now.\n" and g.finish() == "Call us"  # two words: not a repeat
     h = RepeatFilter()
     assert h.feed("Call us now.\n") and h.feed("Call us now.") == "" and h.finish() == ""
+
+
+# The demo's policy answer (SmolLM2-135M with the policy adapter) said its Why line again as its Limits line,
+# one "the" apart: a repeat is the same content, whatever its field label, list mark or filler words.
+DEMO_POLICY = ("Covered: YES\n"
+               "Why: Buildings cover includes the escape of water and oil, and theft and attempted theft, so it is "
+               "not just about the pipe leak. [3]\n"
+               "Limits: Buildings cover includes escape of water and oil, and theft and attempted theft, so it is "
+               "not just about the pipe leak. [3]\n"
+               "See: Home Policy: What Is Covered - Buildings cover [4]")
+
+
+def test_a_line_said_again_under_another_label_is_a_repeat():
+    from loradex.cite import RepeatFilter, drop_repeats
+    from loradex.evaluate.metrics import repeats
+
+    text, removed = drop_repeats(DEMO_POLICY)
+    assert text.splitlines() == [DEMO_POLICY.splitlines()[i] for i in (0, 1, 3)]
+    assert removed == [DEMO_POLICY.splitlines()[2]]
+    assert repeats(DEMO_POLICY, times=2) and not repeats(text, times=2)
+    f = RepeatFilter()  # streamed, by lines: the same lines are shown
+    assert "".join(f.feed(DEMO_POLICY[i:i + 7]) for i in range(0, len(DEMO_POLICY), 7)) + f.finish() == text
+
+
+@pytest.mark.parametrize("first,second,same", [
+    ("1. Keep the receipts for the stolen bike and its lock. [1]",
+     "3. Keep the receipts for your stolen bike and the lock. [2]", True),  # list mark, filler, citation
+    ("Next steps: call the police within 24 hours and get a crime number.",
+     "Summary: call the police within 24 hours and get a crime reference number.", True),  # one word added
+    ("The excess is EUR 250 for storm claims.", "The excess is EUR 500 for storm claims.", False),  # numbers count
+    ("Call the police within 24 hours.", "Call the insurer within 7 days.", False),
+    ("Escape of water is covered.", "Escape of water is not covered.", False),  # a negation is a different claim
+])
+def test_near_repeats_by_content_words(first, second, same):
+    from loradex.cite import drop_repeats
+
+    text, removed = drop_repeats(f"{first}\n{second}")
+    assert (text == first) is same and bool(removed) is same
+
+
+# The demo's policy answer: a sentence assembled from an exclusions list ("cover is suspended: escape of water
+# and oil; theft and attempted theft") was re-cited by loradex to that list, as 77% of its words were somewhere
+# in the passage. A citation loradex adds must rest on one place in the source.
+UNOCCUPIED = ("If your home is unoccupied for more than 60 consecutive days, the following cover is suspended from "
+              "day 61 until someone is living there again:\n- escape of water and oil;\n- theft and attempted theft;\n"
+              "- vandalism and malicious damage.\n\n## Buildings-only exclusions\n\n- Storm or flood damage to fences."
+              "\n- The cost of repairing or replacing the pipe, tank or appliance that leaked (we cover the resulting "
+              "damage, not the faulty item).")
+BUILDINGS = ("Buildings means the structure of your home, its permanent fixtures and fittings. Buildings cover also "
+             "includes:\n- Trace and access to find the source of a leak, up to EUR 5,000 per claim.")
+MUDDLE = ("Buildings cover includes the escape of water and oil, and theft and attempted theft, so it is not just "
+          "about the pipe leak. [2]")
+
+
+def test_loradex_never_cites_words_scattered_over_a_passage():
+    from loradex.cite import local_support
+
+    claim = MUDDLE.removesuffix(" [2]")
+    assert support(claim, UNOCCUPIED).ok and not local_support(claim, UNOCCUPIED).ok  # the whole passage is lenient
+    v = verify(MUDDLE, [UNOCCUPIED, BUILDINGS], attribute=True)
+    assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, False, False)]  # kept as the model wrote it
+    assert v.flagged and v.flagged[0]["cited"] == [2] and v.flagged[0]["supported_by"] == []
+    # one place that says it is still found, and cited
+    v = verify("We cover the resulting damage, not the faulty item.", [BUILDINGS, UNOCCUPIED], attribute=True)
+    assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, True, True)]

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..cite import CITATION, content_words, parse_citations, sentence_key, sentences, support
+from ..cite import CITATION, content_words, parse_citations, repeat_key, same_sentence, sentences, support
 
 __all__ = ["CitationScores", "citation_scores", "contains_reference", "content_recall", "exact_match",
            "format_failures", "hit_at_k", "normalize_answer", "reciprocal_rank", "repeats", "strip_citations",
@@ -123,10 +123,10 @@ def citation_scores(answer: str, passages: Sequence[str]) -> CitationScores:
 
 
 def repeats(text: str, times: int = 3) -> bool:
-    """Degenerate repetition: some sentence (or line), citations and case aside, occurs `times` times or more."""
-    units = [sentence_key(s) for s in sentences(text)]
-    counts = Counter(u for u in units if len(u.split()) >= 2)
-    return any(c >= times for c in counts.values())
+    """Degenerate repetition: some sentence (or line) is said `times` times or more: the same content words, or
+    nearly, citations, list marks and field labels aside (`loradex.cite.same_sentence`)."""
+    keys = [repeat_key(s) for s in sentences(text)]
+    return any(1 + sum(same_sentence(k, e) for e in keys[:i]) >= times for i, k in enumerate(keys))
 
 
 def format_failures(text: str, *, sections: Sequence[str] = (), pattern: str | None = None,

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 
 from _common import REPO, RESULTS, machine_info, now_iso, write_json
-from loradex.cite import sentence_key
+from loradex.cite import repeat_key, same_sentence
 from loradex.evaluate.questions import load_questions
 from loradex.evaluate.run import evaluate
 from loradex.evaluate.stats import bootstrap
@@ -29,8 +28,8 @@ METRICS = ("contains_answer", "verified_citation", "format_ok", "citation_recall
 
 def _model_looped(row: dict) -> float:
     """1.0 when the model wrote some sentence three times or more (loradex kept one and removed the rest)."""
-    removed = Counter(sentence_key(s) for s in row["result"].get("repeated", []))
-    return float(any(c >= 2 for c in removed.values()))
+    keys = [repeat_key(s) for s in row["result"].get("repeated", [])]
+    return float(any(same_sentence(k, e) for i, k in enumerate(keys) for e in keys[:i]))
 
 
 def _interval(values: list) -> dict | None:

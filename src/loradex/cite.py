@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import lru_cache
+from typing import NamedTuple
 
 # One citation grammar for every form a model writes: brackets [1], [1, 2], [1; 7], [1-3], [Source 7],
 # [Sources 1 and 2], [^1]; full-width ［1］ and 【1】; parentheses with a word, (Source 7), (see passages 2-3);
@@ -113,23 +114,33 @@ NEAR_REPEAT = 0.85  # content-word similarity (difflib ratio) at which two sente
 NEAR_MIN_WORDS = 5  # below this many content words only an exact repeat counts
 
 
-def repeat_key(sentence: str) -> tuple[str, ...]:
+class RepeatKey(NamedTuple):
+    words: tuple[str, ...]  # content words, stemmed, numbers and negations kept
+    labelled: bool  # the line starts with a field label ("Deadline:")
+
+
+def repeat_key(sentence: str) -> RepeatKey:
     """What two sentences are compared on for repetition: their content words (stemmed, numbers and negations
     kept, other stop words dropped) without citations, a list mark or a leading field label ("Why:",
-    "Limits:"), so "Why: X." and "Limits: the X." are one sentence said twice."""
-    text = _FIELD_LABEL.sub("", _LIST_MARK.sub("", CITATION.sub("", sentence)))
-    return tuple(_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP or w in _NEGATIONS)
+    "Limits:"), so "Why: X." and "Limits: the X." are one sentence said twice; and whether it had a label."""
+    text = _LIST_MARK.sub("", CITATION.sub("", sentence))
+    plain = _FIELD_LABEL.sub("", text)
+    words = tuple(_stem(w) for w in _WORD.findall(plain.lower()) if w not in STOP or w in _NEGATIONS)
+    return RepeatKey(words, plain != text)
 
 
-def same_sentence(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """Whether two `repeat_key`s say the same thing: equal (two words or more), or, from `NEAR_MIN_WORDS`
-    content words each, at least `NEAR_REPEAT` similar (a word or two changed, as small models loop)."""
-    if len(a) < 2 or len(b) < 2:
+def same_sentence(a: RepeatKey, b: RepeatKey) -> bool:
+    """Whether two `repeat_key`s say the same thing: the same content words (two or more), or, for sentences
+    without a field label and from `NEAR_MIN_WORDS` content words each, at least `NEAR_REPEAT` similar (a word
+    or two changed, as small models loop). A labelled field that restates an earlier sentence in other words
+    ("Summary: report it to the police within 24 hours" then "Deadline: police within 24 hours") is what a
+    layout asks for, so only the same words make a labelled line a repeat."""
+    if len(a.words) < 2 or len(b.words) < 2:
         return False
-    if a == b:
+    if a.words == b.words:
         return True
-    return (min(len(a), len(b)) >= NEAR_MIN_WORDS
-            and SequenceMatcher(None, a, b, autojunk=False).ratio() >= NEAR_REPEAT)
+    return (not a.labelled and not b.labelled and min(len(a.words), len(b.words)) >= NEAR_MIN_WORDS
+            and SequenceMatcher(None, a.words, b.words, autojunk=False).ratio() >= NEAR_REPEAT)
 
 
 class _Seen:
@@ -137,7 +148,7 @@ class _Seen:
     (`same_sentence`)."""
 
     def __init__(self) -> None:
-        self.keys: list[tuple[str, ...]] = []
+        self.keys: list[RepeatKey] = []
 
     def repeats(self, sentence: str) -> bool:
         key = repeat_key(sentence)

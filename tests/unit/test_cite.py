@@ -144,7 +144,9 @@ def test_a_line_said_again_under_another_label_is_a_repeat():
     ("1. Keep the receipts for the stolen bike and its lock. [1]",
      "3. Keep the receipts for your stolen bike and the lock. [2]", True),  # list mark, filler, citation
     ("Next steps: call the police within 24 hours and get a crime number.",
-     "Summary: call the police within 24 hours and get a crime reference number.", True),  # one word added
+     "Summary: call the police within 24 hours and get a crime reference number.", False),  # labelled: words differ
+    ("Call the police within 24 hours and get a crime number.",
+     "Call the police within 24 hours and get a crime reference number.", True),  # one word added
     ("The excess is EUR 250 for storm claims.", "The excess is EUR 500 for storm claims.", False),  # numbers count
     ("Call the police within 24 hours.", "Call the insurer within 7 days.", False),
     ("Escape of water is covered.", "Escape of water is not covered.", False),  # a negation is a different claim
@@ -181,3 +183,16 @@ def test_loradex_never_cites_words_scattered_over_a_passage():
     # one place that says it is still found, and cited
     v = verify("We cover the resulting damage, not the faulty item.", [BUILDINGS, UNOCCUPIED], attribute=True)
     assert [(c.n, c.verified, c.added) for c in v.checks] == [(2, True, True)]
+
+
+def test_a_labelled_field_may_restate_an_earlier_sentence_in_other_words():
+    from loradex.cite import drop_repeats
+
+    claims = ("Summary: Report the theft to the police within 24 hours and to Harbor Mutual within 7 days. [1]\n"
+              "Steps:\n1. Call the claims line. [1]\n"
+              "Deadline: Police within 24 hours; Harbor Mutual within 7 days. [1]")
+    assert drop_repeats(claims) == (claims, [])  # the layout's Deadline field, not a loop
+    twice = claims.replace("Deadline: Police within 24 hours; Harbor Mutual within 7 days.",
+                           "Deadline: Report the theft to the police within 24 hours and to Harbor Mutual "
+                           "within 7 days.")
+    assert drop_repeats(twice)[1] == [twice.splitlines()[-1]]  # the same words under another label: a repeat

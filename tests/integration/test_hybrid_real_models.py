@@ -48,7 +48,14 @@ DEMO = [  # make demo's three domain questions, and the documents' facts each an
     ("policy", "Does my home insurance cover damage from a burst pipe?", ("Covered: YES", "escape of water")),
     ("billing", "Can I change the day my monthly premium is collected?", ("1st, 8th, 15th or 22nd",)),
 ]
-@pytest.mark.parametrize("domain,question,facts", DEMO)
+POLICY_OPEN = pytest.mark.xfail(strict=True, reason=(
+    "issue 17, open: the shipped policy adapter's Why sentence gathers words from a list of covers suspended while "
+    "a home is empty (no single place in its sources supports it: flagged), and its Limits line restates it "
+    "muddled. Needs a policy adapter that reads its sources"))
+
+
+@pytest.mark.parametrize("domain,question,facts",
+                         [pytest.param(*d, marks=POLICY_OPEN) if d[0] == "policy" else d for d in DEMO])
 def test_the_demo_answers_are_right_cited_in_form_and_never_repeat(project, domain, question, facts):
     from loradex.evaluate.metrics import format_failures, repeats
 
@@ -56,6 +63,7 @@ def test_the_demo_answers_are_right_cited_in_form_and_never_repeat(project, doma
     assert a.route.domain == domain and a.adapter and a.adapter.startswith(f"{domain}@sha256:")
     assert a.sources and all(s.file.startswith(f"docs/{domain}/") or "glossary" in s.file for s in a.sources)
     assert not a.abstained and any(c.verified for c in a.citations), a.answer
+    assert not a.flagged, (a.flagged, a.answer)  # no cited sentence its sources do not support
     assert not repeats(a.answer, times=2), a.answer
     check = project.config.formats[project.config.domains[domain].format]
     assert format_failures(a.answer, **check.model_dump(exclude={"label"})) == [], a.answer

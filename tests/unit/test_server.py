@@ -251,6 +251,7 @@ def test_a_streamed_line_that_repeats_an_earlier_one_is_never_sent(project_dir, 
 
     looping = "Fee: none [1]\n1. Call us. [1]\n2. Pick a day. [1]\n2. Pick a day. [1]\n2. Pick a day. [1]"
     proj, _ = _project(project_dir, tmp_path, monkeypatch, engine=EchoEngine(reply=looping))
+    monkeypatch.setattr(proj.config.answer, "no_repeat_ngram", 0)  # a model that loops: no blocking to stop it
     running = ThreadedServer(create_app(proj))
     try:
         chunks = list(_client(running).chat.completions.create(

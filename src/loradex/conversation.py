@@ -5,7 +5,7 @@ instructions (its `system` and `developer` messages). Three rules, all without a
 
 - **The budget** (`fit`): the question, the instructions and the kept turns together hold at most `budget`
   characters (the server passes `server.max_input_chars`, 8000 by default, about 2,000 tokens of English).
-  The question and the instructions must fit whole (QueryError otherwise); then earlier exchanges (a user
+  The question and the instructions must fit whole (InputTooLong otherwise); then earlier exchanges (a user
   turn with the assistant's reply) are kept newest first until the next one would not fit, and it and every
   older one are dropped. Sources are bounded apart (`answer.k` passages of at most `answer.passage_chars`),
   so the whole prompt stays bounded whatever the client sends.
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from .cite import CITATION, STOP
-from .errors import QueryError
+from .errors import InputTooLong, QueryError
 
 __all__ = ["MAX_TERMS", "Conversation", "fit", "into_messages", "key_terms", "search_query", "split_messages"]
 
@@ -101,14 +101,21 @@ def _exchanges(history: Sequence[dict]) -> list[list[dict]]:
     return out
 
 
-def fit(conversation: Conversation, budget: int) -> Conversation:
-    """`conversation` with the earlier exchanges that fit in `budget` characters (see the module doc): the newest
-    kept, every exchange older than the first that does not fit dropped. Raises QueryError when the question
-    and the instructions alone exceed `budget`."""
+def check_size(conversation: Conversation, budget: int) -> int:
+    """The characters the question and the instructions take (earlier turns can be dropped to fit; these two
+    cannot be). Raises InputTooLong when they exceed `budget`."""
     used = len(conversation.question) + len(conversation.instructions)
     if used > budget:
-        raise QueryError(f"the question and the system message are {used} characters; the limit is {budget} "
-                         "(server.max_input_chars): shorten them")
+        raise InputTooLong(f"the question and the system message are {used} characters; the limit is {budget} "
+                           "(server.max_input_chars): shorten them")
+    return used
+
+
+def fit(conversation: Conversation, budget: int) -> Conversation:
+    """`conversation` with the earlier exchanges that fit in `budget` characters (see the module doc): the newest
+    kept, every exchange older than the first that does not fit dropped. Raises InputTooLong when the question
+    and the instructions alone exceed `budget`."""
+    used = check_size(conversation, budget)
     kept: list[list[dict]] = []
     for exchange in reversed(_exchanges(conversation.history)):
         size = sum(len(t["content"]) for t in exchange)

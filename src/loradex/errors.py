@@ -61,6 +61,11 @@ class QueryError(LoradexError):
     """A query that cannot be run as given (empty, unknown retrieval mode, unknown domain)."""
 
 
+class InputTooLong(QueryError):
+    """The question and the client's system message alone exceed the input limit (`server.max_input_chars`);
+    the message gives the size and the limit. The server answers it with 413 `context_length_exceeded`."""
+
+
 class RouterError(LoradexError):
     """The router cannot be fitted or loaded; the message says what to add or fix."""
 

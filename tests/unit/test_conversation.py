@@ -3,7 +3,7 @@ import pytest
 
 from loradex.conversation import Conversation, fit, into_messages, key_terms, search_query, split_messages
 from loradex.engine.echo import EchoEngine
-from loradex.errors import QueryError
+from loradex.errors import InputTooLong, QueryError
 from loradex.ingest.ingest import ingest
 from loradex.pipeline import answer, prepare
 from loradex.project import open_project
@@ -51,7 +51,7 @@ def test_fit_drops_the_oldest_exchanges_first_and_counts_them():
     assert kept.dropped == 6 and kept.question == "final?" and kept.instructions == "be kind"
     assert fit(c, 13 + 2 * 20 - 1).dropped == 8  # one character less: the older of the two goes too
     assert fit(c, 10_000).history == c.history
-    with pytest.raises(QueryError, match="limit is 12"):
+    with pytest.raises(InputTooLong, match="limit is 12"):  # a QueryError; the server answers 413
         fit(c, 12)
 
 

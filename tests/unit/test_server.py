@@ -127,6 +127,10 @@ def test_errors_are_openai_style_4xx(served):
     r = httpx.post(running.url + "/v1/chat/completions", headers=auth,
                    json={"model": "auto", "messages": [{"role": "user", "content": "x" * 9000}]})
     assert r.status_code == 413 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert r.json()["error"]["param"] == "messages" and "server.max_input_chars" in r.json()["error"]["message"]
+    r = httpx.post(running.url + "/v1/chat/completions", headers=auth, json={  # before a stream starts, too
+        "model": "auto", "stream": True, "messages": [{"role": "user", "content": "x" * 9000}]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "context_length_exceeded"
     r = httpx.post(running.url + "/v1/chat/completions", headers=auth,
                    json={"model": "auto", "max_tokens": -3, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"

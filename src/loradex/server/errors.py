@@ -50,10 +50,12 @@ class Status(NamedTuple):
     code: str
     template: str = "{}"
     headers: dict[str, str] | None = None
+    param: str | None = None
 
 
 _BAD, _SERVER = "invalid_request_error", "server_error"
 STATUSES: dict[type[E.LoradexError], Status] = {  # the most specific class of an error wins
+    E.InputTooLong: Status(413, _BAD, "context_length_exceeded", param="messages"),
     E.AdapterError: Status(400, _BAD, "adapter_refused"),
     E.QueryError: Status(400, _BAD, "invalid_request"),
     E.DataError: Status(400, _BAD, "invalid_request"),
@@ -141,7 +143,7 @@ def api_error(request: Request, exc: BaseException) -> ApiError:
         return _http_error(request, exc)
     if isinstance(exc, E.LoradexError):
         st = status_of(exc)
-        return ApiError(st.status, st.template.format(exc), st.type, st.code, headers=st.headers)
+        return ApiError(st.status, st.template.format(exc), st.type, st.code, param=st.param, headers=st.headers)
     return ApiError(500, f"internal server error ({type(exc).__name__}); the server log has the details, "
                     "retry or report it", _SERVER, "server_error")
 

@@ -36,7 +36,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..cite import RepeatFilter
-from ..conversation import Conversation
+from ..conversation import Conversation, check_size
 from ..errors import AdapterError, QueueFull
 from ..pipeline import Prepared, complete, joined, prepare
 from ..types import Answer, Filters
@@ -102,16 +102,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _check_size(state: ServerState, conversation: Conversation) -> None:
-    """413 when the question and the client's system message alone exceed `server.max_input_chars` (earlier
-    turns are dropped to fit; these two cannot be)."""
-    limit = state.project.config.server.max_input_chars
-    size = len(conversation.question) + len(conversation.instructions)
-    if size > limit:
-        raise ApiError(413, f"the question and the system message are {size} characters; the limit is {limit} "
-                       "(server.max_input_chars)", code="context_length_exceeded", param="messages")
-
-
 async def _prepare(state: ServerState, body: ChatCompletionRequest, conversation: Conversation, caller: Caller,
                    temperature: float) -> Prepared:
     """Route, retrieve and build the generation request with the body's stop strings, budget and temperature."""
@@ -137,7 +127,7 @@ async def chat_completions(body: ChatCompletionRequest, caller: Key, state: Stat
     temperature = state.project.config.answer.temperature if body.temperature is None else float(body.temperature)
     body.check(temperature)
     conversation = body.conversation()
-    _check_size(state, conversation)
+    check_size(conversation, state.project.config.server.max_input_chars)  # 413 before a stream starts
     usage_chunks = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     if usage_chunks and _counter(state.project.engine) is None:
         raise refuse("stream_options.include_usage", f"the {state.project.engine.name} engine cannot count the "

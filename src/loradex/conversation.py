@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 from .cite import CITATION, STOP
 from .errors import InputTooLong, QueryError
 
-__all__ = ["MAX_TERMS", "Conversation", "fit", "into_messages", "key_terms", "search_query", "split_messages"]
+__all__ = ["MAX_TERMS", "Conversation", "check_size", "fit", "into_messages", "key_terms", "search_query",
+           "split_messages"]
 
 MAX_TERMS = 8  # key terms of earlier turns added to a follow-up's query: enough context, never the main topic
 INSTRUCTION_ROLES = frozenset({"system", "developer"})

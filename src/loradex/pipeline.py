@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .cite import Verification, drop_repeats, verify
 from .conversation import Conversation, fit, into_messages, search_query
-from .engine import GenerationRequest
+from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
 from .retrieve import search, widen
 from .types import Answer, Citation, Filters, Hit, Route, SourceRef
@@ -211,7 +211,13 @@ def _generate(engine: Engine, request: GenerationRequest, on_token: Callable[[st
             on_token(piece)
         return joined(pieces)
     gen = engine.generate([request])[0]
+    record(gen, timings, usage)
+    return gen.text
+
+
+def record(gen: Generation, timings: dict, usage: dict) -> None:
+    """Put a generation's time to the first token (ms) into `timings` and its token counts and finish reason
+    into `usage`, as an Answer reports them."""
     timings.update(prompt=gen.timings_ms.get("prompt", 0.0))
     usage.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                  finish_reason=gen.finish_reason)
-    return gen.text

@@ -144,10 +144,11 @@ class Router:
         self.temperatures = [float(t) for t in temperature_posterior(logits, y[held], self.method)]
 
     # ---- scoring -------------------------------------------------------------------------------
-    def _tensors(self) -> tuple[Any, Any, Any, Any, Any]:
+    def _tensors(self) -> tuple[Any, Any, Any, Any, Any, Any]:
         """Torch copies of the arrays, transposed to (dim, rows) and contiguous: a (1, dim) @ (dim, rows) product
         reads them in order, about twice as fast as a transposed view. Routing runs right after a torch
-        embedding, and numpy's own BLAS threads would wait for torch's still-spinning ones."""
+        embedding, and numpy's own BLAS threads would wait for torch's still-spinning ones. Last, the (rows,)
+        mask of the examples that are their domain's only one, then the context rows (never alone)."""
         import torch
 
         s = self.scorer
@@ -157,18 +158,20 @@ class Router:
                        torch.from_numpy(np.ascontiguousarray(self.context.T, dtype=np.float32)),
                        None if s.weights is None else torch.from_numpy(np.ascontiguousarray(s.weights)),
                        None if s.bias is None else torch.from_numpy(np.ascontiguousarray(s.bias)),
-                       torch.from_numpy(np.ascontiguousarray(self.negatives.T, dtype=np.float32)))
+                       torch.from_numpy(np.ascontiguousarray(self.negatives.T, dtype=np.float32)),
+                       torch.from_numpy(np.concatenate([np.bincount(s.y)[s.y] == 1,
+                                                        np.zeros(len(self.context), bool)])))
             self._t_key = key
         return self._t
 
     def probabilities(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For query embeddings `vectors` (n, dim): the calibrated domain probabilities (n, domains: the mean
-        softmax over the posterior temperatures, as `route_fit.predictive`, then `route_fit.evidence_bound`),
+        softmax over the posterior temperatures, then `route_fit.evidence_bound`),
         the scope scores (n,) and the cosines to all examples (n, examples), computed in torch."""
         import torch
 
         q = normalise(vectors)
-        x, ctx, weights, bias, neg = self._tensors()
+        x, ctx, weights, bias, neg, alone = self._tensors()
         with torch.no_grad():
             qt = torch.from_numpy(q)
             sims = qt @ x
@@ -182,11 +185,10 @@ class Router:
                 logits = qt @ weights + bias
             else:
                 logits = torch.from_numpy(np.ascontiguousarray(self.scorer.logits(q), dtype=np.float32))
-            temps = torch.tensor(self.temperatures, dtype=torch.float64)  # the posterior predictive, route_fit
+            temps = torch.tensor(self.temperatures, dtype=torch.float64)  # the posterior predictive (route_fit)
             probs = torch.softmax(logits.double()[:, None, :] / temps[None, :, None], dim=2).mean(dim=1).numpy()
             near = torch.topk(in_scope, min(2, in_scope.shape[1]), dim=1)  # as route_fit.scope_scores
-            alone = np.concatenate([np.bincount(self.scorer.y)[self.scorer.y] == 1, np.zeros(ctx.shape[1], bool)])
-            top = torch.where(torch.from_numpy(alone)[near.indices[:, 0]], near.values[:, 0], near.values.mean(dim=1))
+            top = torch.where(alone[near.indices[:, 0]], near.values[:, 0], near.values.mean(dim=1))
             penalty = (qt @ neg).max(dim=1).values if neg.shape[1] else torch.zeros(len(q))
             scope = (top - NEGATIVE_WEIGHT * penalty).numpy()
         return evidence_bound(probs, int(self.meta.get("examples", 0))), scope, sims.numpy()

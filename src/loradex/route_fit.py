@@ -225,12 +225,6 @@ def temperature_posterior(logits: np.ndarray, y: np.ndarray, method: str) -> np.
     return GRID[np.minimum(np.searchsorted(cumulative, quantiles), len(GRID) - 1)]
 
 
-def predictive(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
-    """(n, classes) posterior predictive probabilities: the mean over `temperatures` (equal mass) of the
-    softmax of `logits` (n, classes) at each."""
-    return np.mean([softmax(logits.astype(np.float64) / t) for t in temperatures], axis=0)
-
-
 def evidence_bound(probs: np.ndarray, n: int) -> np.ndarray:
     """`probs` (n_queries, classes) mixed with the uniform distribution just enough that no score exceeds
     (n + 1) / (n + 2), the chance Laplace's rule of succession gives the next prediction being right after `n`

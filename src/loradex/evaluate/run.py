@@ -76,7 +76,8 @@ def _ask(project: Project, q: Question, mode: str, cache: Path) -> Answer | None
     """Prepare the question as `mode` does (route, retrieve, prompt), take the model's text from the cache or
     generate it, then remove repeats and verify citations as `answer` does: a change to the verifier or the
     repeat check re-scores every cached answer without generating again."""
-    from ..pipeline import complete, prepare
+    from ..engine import Generation
+    from ..pipeline import complete, prepare, record
 
     args = _mode_args(q, mode)
     if args is None:
@@ -87,18 +88,15 @@ def _ask(project: Project, q: Question, mode: str, cache: Path) -> Answer | None
     assert p.request is not None
     path = cache / f"{generation_key(project, p.request)}.json"
     if path.is_file():
-        gen = json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        generate_ms, gen = cached.pop("generate_ms"), Generation(**cached)
     else:
         t0 = time.perf_counter()
-        out = project.engine.generate([p.request])[0]
-        gen = {"text": out.text, "generate_ms": (time.perf_counter() - t0) * 1000,
-               "prompt_ms": out.timings_ms.get("prompt", 0.0), "prompt_tokens": out.prompt_tokens,
-               "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
-        write_text(path, json.dumps(gen))
-    p.timings["prompt"] = gen["prompt_ms"]
-    p.usage.update(prompt_tokens=gen["prompt_tokens"], completion_tokens=gen["completion_tokens"],
-                   finish_reason=gen["finish_reason"])
-    return complete(project, p, gen["text"], gen["generate_ms"])
+        gen = project.engine.generate([p.request])[0]
+        generate_ms = (time.perf_counter() - t0) * 1000
+        write_text(path, json.dumps({**dataclasses.asdict(gen), "generate_ms": generate_ms}))
+    record(gen, p.timings, p.usage)
+    return complete(project, p, gen.text, generate_ms)
 
 
 def _format_of(project: Project, q: Question, routed: str | None) -> str | None:

@@ -211,6 +211,26 @@ def test_cli_train_list_activate_rollback(project):
     assert r.exit_code == 1 and "bad.jsonl:1: missing field 'completion'" in r.stderr
 
 
+def test_cli_train_target_modules(project):
+    """`--target-modules` takes a comma-separated list; a name that is no linear layer is refused by name."""
+    runner = CliRunner()
+    p = str(project.root)
+    r = runner.invoke(app, ["train", "claims", "--data", str(project.root / "claims.jsonl"), "--max-steps", "1",
+                            "--batch-size", "2", "--replay", "0", "--target-modules", "q_proj, gate_proj,down_proj",
+                            "-p", p, "--json"])
+    assert r.exit_code == 0, r.output
+    ref = project.registry.resolve("claims", json.loads(r.stdout)["version"])
+    assert project.registry.manifest(ref)["hyperparameters"]["target_modules"] == ["q_proj", "gate_proj", "down_proj"]
+    config = json.loads((ref.path / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "gate_proj", "down_proj"}
+    r = runner.invoke(app, ["train", "claims", "--data", str(project.root / "claims.jsonl"), "--max-steps", "1",
+                            "--replay", "0", "--target-modules", "q_proj,query", "-p", p])
+    assert r.exit_code == 1 and "query are not linear layers" in r.stderr and "up_proj" in r.stderr
+    r = runner.invoke(app, ["train", "claims", "--data", str(project.root / "claims.jsonl"), "--target-modules", " ,",
+                            "-p", p])
+    assert r.exit_code == 2 and "--target-modules" in r.output
+
+
 def test_training_resumes_after_kill(project):
     examples = [{"prompt": f"question number {i} " * 8, "completion": f"answer {i} " * 8} for i in range(40)]
     data = project.root / "long.jsonl"

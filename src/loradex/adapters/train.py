@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import replace_dir, write_text
+from ..errors import ConfigError
 from ..prompt import system_message
 from .data import Example, data_sha256, encode_examples
 
@@ -47,8 +48,10 @@ class TrainSettings:
     rank: int = _setting(8, "LoRA rank r.")
     alpha: int = _setting(16, "LoRA alpha (the update is scaled by alpha / r).")
     dropout: float = _setting(0.05, "LoRA dropout.")
-    target_modules: tuple[str, ...] = _setting(("q_proj", "k_proj", "v_proj", "o_proj"),
-                                               "Linear layers that get LoRA weights.")
+    target_modules: tuple[str, ...] = _setting(
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        "Linear layers that get LoRA weights (comma-separated on the command line; a Llama's linear layers are "
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).")
     batch_size: int = _setting(4, "Examples per step.")
     max_seq_len: int = _setting(2048, "Tokens per example, prompt and answer; a longer example is refused, never "
                                       "cut (4 sources of answer.passage_chars 1600 take about 1,300).")
@@ -195,6 +198,7 @@ def _start(model_dir: Path, examples: list[Example], work_dir: Path, settings: T
     steps_per_epoch = math.ceil(len(train_rows) / settings.batch_size)
     total = min(settings.max_steps or 10**9, steps_per_epoch * settings.epochs)
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    _check_targets(base, settings.target_modules, torch)
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
     model = get_peft_model(base, lora).to("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +207,15 @@ def _start(model_dir: Path, examples: list[Example], work_dir: Path, settings: T
     scheduler = get_linear_schedule_with_warmup(optimizer, min(settings.warmup_steps, total), total)
     return _Run(settings, model, optimizer, scheduler, train_rows, eval_rows, pad, total, steps_per_epoch,
                 work_dir / "best")
+
+
+def _check_targets(base, names: tuple[str, ...], torch) -> None:
+    """Raise ConfigError naming the base model's linear layers when a target module is not one of them."""
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)})
+    missing = [n for n in names if n not in linear]
+    if missing:
+        raise ConfigError(f"target module(s) {', '.join(missing)} are not linear layers of the base model; "
+                          f"its linear layers are {', '.join(linear)}")
 
 
 def _resume(run: _Run, ckpt: Path, torch) -> None:

@@ -16,8 +16,8 @@ from ..adapters.train import TrainSettings
 from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out, progress
 
 adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
-_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "batch_size", "max_seq_len", "save_every", "replay", "context",
-          "context_k", "gold_share", "distractor_pool")
+_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "target_modules", "batch_size", "max_seq_len", "save_every",
+          "replay", "context", "context_k", "gold_share", "distractor_pool")
 
 
 def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
@@ -33,17 +33,18 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
     from ..adapters.data import load_examples
     from ..adapters.train import train as run_train
 
+    train_settings = _train_settings(settings)
     proj = open_checked(project)
     examples, dupes = load_examples(data)
     if dupes and not as_json:
         err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
     if check:
-        _check(proj, domain, examples, TrainSettings(**settings), as_json)
+        _check(proj, domain, examples, train_settings, as_json)
         return
     if prepare is not None:
         from ..adapters.remote import prepare_job
 
-        job = prepare_job(proj, domain, examples, TrainSettings(**settings), prepare)
+        job = prepare_job(proj, domain, examples, train_settings, prepare)
         if as_json:
             emit(job)
         else:
@@ -52,7 +53,7 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
                       f"{prepare}/adapter --domain {domain}`", highlight=False)
         return
     with progress("training", "steps", disable=as_json, loss="-") as update:
-        ref, metrics = run_train(proj, domain, examples, TrainSettings(**settings), activate=activate,
+        ref, metrics = run_train(proj, domain, examples, train_settings, activate=activate,
                                  progress=lambda step, total, loss: update(step, total, loss=f"{loss:.3f}"))
     if as_json:
         emit({"adapter": ref.label, "version": ref.version, "path": str(ref.path), "active": activate,
@@ -107,15 +108,25 @@ def _print_context(report: dict, where: str | None = None) -> None:
             out.print(f"  line {u['line']}: {u['sentence']}", highlight=False)
 
 
+def _train_settings(flags: dict[str, Any]) -> TrainSettings:
+    """The flags as TrainSettings: `--target-modules` is a comma-separated list of module names."""
+    names = tuple(n.strip() for n in flags["target_modules"].split(",") if n.strip())
+    if not names:
+        raise typer.BadParameter("give at least one module name, e.g. q_proj,v_proj", param_hint="--target-modules")
+    return TrainSettings(**dict(flags, target_modules=names))
+
+
 def _settings_parameters() -> list[inspect.Parameter]:
     """`--epochs`, `--lr`, ...: one option per TrainSettings field in `_FLAGS`, with its default and help."""
     fields = {f.name: f for f in dataclasses.fields(TrainSettings)}
     params = []
     for name in _FLAGS:
         f = fields[name]
-        kind = {"int | None": Optional[int], "int": int, "float": float, "bool": bool}.get(str(f.type))
+        kind = {"int | None": Optional[int], "int": int, "float": float, "bool": bool,
+                "tuple[str, ...]": str}.get(str(f.type))
         flag = "--" + name.replace("_", "-")
-        option = typer.Option(f.default, f"{flag}/--no-{flag[2:]}" if kind is bool else flag, help=f.metadata["help"])
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        option = typer.Option(default, f"{flag}/--no-{flag[2:]}" if kind is bool else flag, help=f.metadata["help"])
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
     return params
 

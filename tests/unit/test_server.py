@@ -176,6 +176,16 @@ def test_admin_endpoints_need_the_admin_key(served, tmp_path):
     doc = next(d for d in proj.load_manifest()["documents"] if "theft" in d)
     assert httpx.delete(running.url + f"/admin/documents/{doc}", headers=admin).json() == {"removed": doc}
     assert httpx.delete(running.url + f"/admin/documents/{doc}", headers=admin).status_code == 404
+    for path, body, field in (("/admin/adapters/claims/activate", {"version": "ab", "actvate": True}, "actvate"),
+                              ("/admin/adapters/import", {"path": str(bad), "domain": "policy", "activate": "yes"},
+                               "activate"),
+                              ("/admin/documents/ingest", {"paths": "docs", "prune": False}, "paths"),
+                              ("/admin/documents/ingest", {"prune": 1}, "prune")):
+        r = httpx.post(running.url + path, headers=admin, json=body)  # misspelt or mistyped: refused, not ignored
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (path, body, r.text)
+    assert "does not take it" in httpx.post(running.url + "/admin/documents/ingest", headers=admin,
+                                            json={"prnue": True}).json()["error"]["message"]
+    assert doc not in proj.load_manifest()["documents"]  # none of them ingested anything
     r = httpx.post(running.url + "/admin/documents/ingest", headers=admin, json={})
     assert r.status_code == 200 and doc in proj.load_manifest()["documents"]
     r = httpx.post(running.url + "/admin/router/fit", headers=admin)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import AdapterError, QueryError
 from .auth import require_admin
@@ -29,8 +29,13 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], route
 State = Annotated[ServerState, Depends(get_state)]
 
 
+_STRICT = ConfigDict(extra="forbid", strict=True)  # a misspelt field or `"activate": "yes"` is a 400, not ignored
+
+
 class ImportBody(BaseModel):
     """A PEFT folder on the server to register for `domain`, and whether to activate it."""
+
+    model_config = _STRICT
 
     path: str = Field(..., min_length=1, description="a PEFT folder on the server")
     domain: str = Field(..., min_length=1)
@@ -40,11 +45,15 @@ class ImportBody(BaseModel):
 class ActivateBody(BaseModel):
     """The version to activate: a prefix of its hash, `sha256:` optional."""
 
+    model_config = _STRICT
+
     version: str = Field(..., min_length=1)
 
 
 class IngestBody(BaseModel):
     """Files or folders to ingest (default: the config's sources), and whether to prune documents now gone."""
+
+    model_config = _STRICT
 
     paths: list[str] | None = None
     prune: bool = False

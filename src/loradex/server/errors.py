@@ -99,8 +99,9 @@ def _param(loc: tuple) -> str:
     return out
 
 
-def _validation_error(exc: RequestValidationError) -> ApiError:
-    """A 400 naming the first bad field: `unknown field`, `missing field`, or `invalid request: <field>: <why>`."""
+def _validation_error(exc: RequestValidationError, openai: bool = True) -> ApiError:
+    """A 400 naming the first bad field: `unknown field`, `missing field`, or `invalid request: <field>: <why>`;
+    `openai`: the body is an OpenAI request (the unknown-field message says where loradex's own options go)."""
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     loc, kind = tuple(first.get("loc", ())), first.get("type")
     if kind == "json_invalid":
@@ -111,8 +112,9 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, "the body must be a JSON object", code="invalid_json")
     where = _param(loc) or None
     if kind == "extra_forbidden":
-        return ApiError(400, f"unknown field {where}: it is not part of the OpenAI request loradex serves; "
-                        "remove it (loradex's own options go under 'loradex')", code="unknown_parameter", param=where)
+        why = ("it is not part of the OpenAI request loradex serves; remove it (loradex's own options go under "
+               "'loradex')") if openai else "this endpoint does not take it; remove it"
+        return ApiError(400, f"unknown field {where}: {why}", code="unknown_parameter", param=where)
     if kind == "missing":
         return ApiError(400, f"missing field {where}: it is required", code="missing_required_parameter", param=where)
     return ApiError(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}",
@@ -138,7 +140,7 @@ def api_error(request: Request, exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, RequestValidationError):
-        return _validation_error(exc)
+        return _validation_error(exc, openai=request.url.path.startswith("/v1/"))
     if isinstance(exc, StarletteHTTPException):
         return _http_error(request, exc)
     if isinstance(exc, E.LoradexError):

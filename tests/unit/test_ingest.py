@@ -116,6 +116,34 @@ def test_prune_removes_only_vanished_files(project_dir):
     assert "docs/claims/theft.txt" not in proj.load_manifest()["documents"]
 
 
+def test_symbolic_links_are_reported_never_followed(project_dir, tmp_path):
+    """A link in a source folder, to a file or a folder outside the project or in another group's folder, is
+    reported and not indexed, so no group's document reaches another key by any path (issue 20, kind 2)."""
+    root = project_dir(DOCS, CONFIG)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nThe outside password is swordfish.\n")
+    (root / "docs/claims/outside.md").symlink_to(outside / "secret.md")
+    (root / "docs/claims/outside-folder").symlink_to(outside, target_is_directory=True)
+    (root / "docs/claims/billing-guide.pdf").symlink_to(root / "docs/billing/guide.pdf")  # finance-only target
+    (root / "docs/policy/dangling.md").symlink_to(root / "docs/nowhere.md")
+    proj = _open(root)
+    report = ingest(proj)
+    reasons = dict(report.skipped)
+    links = {"docs/claims/outside.md", "docs/claims/outside-folder", "docs/claims/billing-guide.pdf",
+             "docs/policy/dangling.md"}
+    assert set(reasons) == links and all("symbolic link to" in reasons[k] for k in links), reasons
+    assert str(outside / "secret.md") in reasons["docs/claims/outside.md"]
+    assert sorted(report.added) == sorted(DOCS)
+    assert set(proj.load_manifest()["documents"]) == set(DOCS)
+    assert not any("swordfish" in h.chunk.text for h in _hits(proj, "outside password swordfish", k=20))
+    public = [h.chunk.doc_id for h in _hits(proj, "direct debit monthly premiums", k=10, filters=Filters(groups=()))]
+    assert "docs/billing/guide.pdf" not in public and not any("billing" in d for d in public)
+    finance = _hits(proj, "direct debit monthly premiums", k=10, filters=Filters(groups=("finance",)))
+    assert [h.chunk.doc_id for h in finance][0] == "docs/billing/guide.pdf"
+    assert all(h.chunk.meta.groups == ("finance",) for h in finance if h.chunk.doc_id.startswith("docs/billing"))
+
+
 def test_bad_files_are_reported_skipped_and_lose_nothing(project_dir):
     root = project_dir(DOCS, CONFIG)
     proj = _open(root)

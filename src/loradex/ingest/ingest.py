@@ -124,8 +124,11 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
     return stored
 
 
-def walk(roots: Sequence[Path], skipped: list[tuple[str, str]]) -> list[Path]:
-    """Supported files under the roots (hidden folders skipped); a named file of another kind is reported."""
+def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[Path], str] = str) -> list[Path]:
+    """Supported files under the roots (hidden folders skipped); a named file of another kind is reported, and
+    so is every symbolic link met inside a folder, never followed: a link would bring in a file from elsewhere
+    (outside the project, or from another group's folder) under this folder's domain and access groups.
+    `name(path)` is how a reported path is written."""
     files: list[Path] = []
     for root in roots:
         if root.is_file():
@@ -137,13 +140,29 @@ def walk(roots: Sequence[Path], skipped: list[tuple[str, str]]) -> list[Path]:
         elif root.is_dir():
             for p in sorted(root.rglob("*")):
                 rel = p.relative_to(root).parts
-                if any(part.startswith(".") for part in rel) or not p.is_file():
+                if any(part.startswith(".") for part in rel):
+                    continue
+                if p.is_symlink():
+                    skipped.append((name(p), f"symbolic link to {p.readlink()}: not followed (a link could bring "
+                                              "in a file from outside the project or another group's folder); "
+                                              "copy the file here to index it"))
+                    continue
+                if not p.is_file():
                     continue
                 if detect_format(p) is not None:
                     files.append(p)
         else:
             skipped.append((str(root), "no such file or folder"))
     return list(dict.fromkeys(files))
+
+
+def _link_name(project: Project, path: Path) -> str:
+    """The project-relative path of a link itself (Project.doc_id would name its target)."""
+    own = path.parent.resolve() / path.name
+    try:
+        return own.relative_to(project.root.resolve()).as_posix()
+    except ValueError:
+        return own.as_posix()
 
 
 def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune: bool = False, rebuild: bool = False,
@@ -165,7 +184,7 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
                              f"{name!r}: run `loradex ingest --rebuild`")
         manifest["embedder"] = name
         known = manifest.setdefault("documents", {})
-        files = walk(roots, report.skipped)
+        files = walk(roots, report.skipped, name=lambda p: _link_name(project, p))
         chunker = f"{CHUNKER_VERSION}:{project.config.chunking.max_tokens}"
         rechunk = manifest.get("chunker") != chunker  # a new chunker or bound re-chunks every document
         pending = list(_changed(project, files, known, report, rechunk=rechunk))

@@ -77,10 +77,7 @@ def adapter_for(project: Project, domain: str | None, version: str | None = None
         return None
     engine = project.engine
     if ref.label not in engine.loaded_adapters():
-        from .adapters.registry import validate
-
-        # refused before it ever serves
-        validate(ref.path, registry.base, registry.base_shapes, base_dir=registry.base_dir)
+        registry.check(ref)  # refused before it ever serves
     engine.load_adapter(ref.label, ref.path)
     return ref
 

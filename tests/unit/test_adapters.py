@@ -145,6 +145,34 @@ def _adapter_copy(project, tmp_path):
     return bad
 
 
+def test_a_registered_version_without_its_manifest_is_listed_invalid_and_never_served(project, tmp_path):
+    """Deleting a version's manifest.json must not switch the hash check off (issue 20, kind 1): tampered
+    weights are refused on activation and on load, and `adapters list` shows the version as invalid."""
+    from loradex.pipeline import adapter_for
+
+    examples, _ = load_examples(project.root / "claims.jsonl")
+    ref, _ = train(project, "claims", examples, TrainSettings(max_steps=1, batch_size=2, replay=0))
+    reg = project.registry
+    assert sorted(p.name for p in ref.path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                           "loss_curve.png", "manifest.json"]  # nothing else copied
+    (ref.path / "manifest.json").unlink()
+    rows = reg.versions()
+    assert rows[0]["label"] == ref.label and "manifest.json is missing" in rows[0]["invalid"]
+    r = CliRunner().invoke(app, ["adapters", "list", "-p", str(project.root)])
+    assert r.exit_code == 0 and "invalid" in r.stdout and "import the adapter again" in r.stderr
+    with pytest.raises(AdapterError, match="manifest.json is missing"):
+        reg.activate("claims", ref.version)
+    data = bytearray((ref.path / "adapter_model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (ref.path / "adapter_model.safetensors").write_bytes(bytes(data))
+    (ref.path / "manifest.json").write_text(json.dumps({"version": ref.version}))  # a forged manifest
+    with pytest.raises(AdapterError, match="do not match the version's hash"):
+        reg.activate("claims", ref.version)
+    with pytest.raises(AdapterError, match="do not match the version's hash"):
+        adapter_for(project, "claims", ref.version)
+    assert ref.label not in project.engine.loaded_adapters()
+
+
 def test_refusals(project, tmp_path, tiny_dir):
     reg = project.registry
     bad = _adapter_copy(project, tmp_path)

@@ -149,8 +149,7 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             for p in Path(folder).iterdir():
-                if (p.is_file() and (p.name in PEFT_FILES or p.suffix in (".png", ".json"))
-                        and p.name != "manifest.json"):
+                if p.is_file() and p.name in (*PEFT_FILES, "loss_curve.png"):  # what PEFT reads, and the curve
                     shutil.copy2(p, tmp / p.name)
             full = {**manifest, "domain": domain, "version": version, "base_model": self.base,
                     "files": {n: hashlib.sha256((tmp / n).read_bytes()).hexdigest() for n in PEFT_FILES},
@@ -210,14 +209,30 @@ class Registry:
         return self.resolve(domain)
 
     def manifest(self, ref: AdapterRef) -> dict:
-        """The version's manifest.json: hashes, base model, hyperparameters, metrics."""
-        return json.loads((ref.path / "manifest.json").read_text())
+        """The version's manifest.json: hashes, base model, hyperparameters, metrics. Raises AdapterError when
+        it is missing or unreadable (the version cannot be trusted: `check`)."""
+        try:
+            return json.loads((ref.path / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise AdapterError(f"{ref.label}: its manifest.json is missing or unreadable ({e.__class__.__name__}); "
+                               "the version cannot be checked: remove its folder "
+                               f"({ref.path}) and import the adapter again") from None
+
+    def check(self, ref: AdapterRef) -> dict:
+        """Everything `validate` refuses, plus what only a registered version must hold: a readable manifest
+        whose version is the folder's name and the hash of the files (so deleting or editing the manifest
+        cannot switch the hash check off). Returns the PEFT config; raises AdapterError."""
+        manifest = self.manifest(ref)
+        if manifest.get("version") != ref.version or adapter_version(ref.path) != ref.version:
+            raise AdapterError(f"{ref.label}: its files or manifest do not match the version's hash (changed or "
+                               f"corrupted); remove {ref.path} and import the adapter again")
+        return validate(ref.path, self.base, self.base_shapes, base_dir=self.base_dir)
 
     def activate(self, domain: str, version: str) -> AdapterRef:
         """Validate a version and make it the domain's active one (the previous one goes on the rollback
         history). Raises AdapterError when it is unknown, ambiguous or fails validation."""
         ref = self.resolve(domain, version)
-        validate(ref.path, self.base, self.base_shapes, base_dir=self.base_dir)
+        self.check(ref)
         pointer = self._pointer(domain)
         if pointer["version"] != ref.version:
             history = pointer["history"] + ([pointer["version"]] if pointer["version"] else [])
@@ -250,17 +265,23 @@ class Registry:
 
     def versions(self) -> list[dict]:
         """Every registered version, by domain then age: domain, version, label, active, size_bytes,
-        created_at, metrics, mixed_batch (False: generated in batches of its own)."""
+        created_at, metrics, mixed_batch (False: generated in batches of its own), invalid (None, or why the
+        version cannot be served: a missing or unreadable manifest)."""
         rows = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
             active = self._pointer(d.name)["version"]
             for v in sorted((p for p in d.iterdir() if p.is_dir() and not p.name.endswith(".tmp")),
                             key=lambda p: p.stat().st_mtime):
-                m = json.loads((v / "manifest.json").read_text())
-                rows.append({"domain": d.name, "version": v.name, "label": label(d.name, v.name),
-                             "active": v.name == active, "size_bytes": m.get("size_bytes"),
-                             "created_at": m.get("created_at"), "metrics": m.get("metrics", {}),
-                             "mixed_batch": _serving(v, m)["mixed_batch"]})
+                row = {"domain": d.name, "version": v.name, "label": label(d.name, v.name),
+                       "active": v.name == active, "invalid": None}
+                try:
+                    m = self.manifest(AdapterRef(d.name, v.name, v))
+                    row.update(size_bytes=m.get("size_bytes"), created_at=m.get("created_at"),
+                               metrics=m.get("metrics", {}), mixed_batch=_serving(v, m)["mixed_batch"])
+                except (AdapterError, OSError, ValueError) as e:  # listed, never served: `check` refuses it
+                    row.update(size_bytes=None, created_at=None, metrics={}, mixed_batch=False,
+                               invalid=str(e) if isinstance(e, AdapterError) else f"unreadable ({e})")
+                rows.append(row)
         return rows
 
 

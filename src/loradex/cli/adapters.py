@@ -153,8 +153,11 @@ def adapters_list(project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
         m = r["metrics"]
         table.add_row(r["label"], "*" if r["active"] else "", f"{(r['size_bytes'] or 0) / 1e6:.1f} MB",
                       f"{m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "-",
-                      str(m.get("steps", "-")))
+                      str(m.get("steps", "-")) if not r["invalid"] else "[red]invalid[/]")
     out.print(table)
+    for r in rows:
+        if r["invalid"]:
+            err.print(f"[red]{r['invalid']}[/]", highlight=False)
 
 
 @adapters_app.command("show")

@@ -251,6 +251,31 @@ def test_configs_the_shared_base_cannot_serve_are_refused(registry, tiny, tmp_pa
         registry.import_folder(edit(peft_adapter(tiny, tmp_path / "a"), config=config), "a")
 
 
+@pytest.mark.parametrize("config,message", [  # issue 20 kind 1: each named by file and field, never a traceback
+    ({"r": "eight"}, r"adapter_config\.json: r: Input should be a valid integer \(got 'eight'\)"),
+    ({"r": None}, r"adapter_config\.json: r: Input should be a valid integer"),
+    ({"r": 0}, r"r is 0, outside 1\.\.256; a LoRA rank is at least 1"),
+    ({"target_modules": 5}, r"adapter_config\.json: target_modules: "),
+    ({"lora_alpha": "x"}, r"adapter_config\.json: lora_alpha: "),
+    ({"rank_pattern": [1]}, r"adapter_config\.json: rank_pattern: Input should be a valid dictionary"),
+    ({"alpha_pattern": {"q_proj": "z"}}, r"adapter_config\.json: alpha_pattern\.q_proj: "),
+    ({"layers_to_transform": "a"}, r"adapter_config\.json: layers_to_transform: "),
+    ({"use_dora": "yes"}, r"adapter_config\.json: use_dora: Input should be a valid boolean"),
+])
+def test_a_malformed_config_is_refused_naming_the_file_and_field(registry, tiny, tmp_path, config, message):
+    with pytest.raises(AdapterError, match=message):
+        registry.import_folder(edit(peft_adapter(tiny, tmp_path / "a"), config=config), "a")
+    assert registry.versions() == []
+
+
+@pytest.mark.parametrize("text", ["[]", '"lora"', "{not json"])
+def test_a_config_that_is_no_json_object_is_refused_naming_the_file(registry, tiny, tmp_path, text):
+    folder = peft_adapter(tiny, tmp_path / "a")
+    (folder / "adapter_config.json").write_text(text)
+    with pytest.raises(AdapterError, match=r"adapter_config\.json"):
+        registry.import_folder(folder, "a")
+
+
 def test_pissa_would_change_the_shared_base_when_loaded(tiny, tmp_path):
     """Why a PiSSA config is refused: PEFT re-runs the initialisation on load and rewrites the base weight."""
     from peft import PeftModel

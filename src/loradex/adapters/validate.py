@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from ..errors import AdapterError
 
@@ -125,17 +127,61 @@ def _in_layers(cfg: dict, module: str) -> bool:
     return index == layers if isinstance(layers, int) else index in layers
 
 
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict)(\[.*\])?$")
+
+
+class _ConfigFields(BaseModel):
+    """The types of the adapter_config.json fields loradex reads (PEFT's LoraConfig); others pass unread."""
+
+    model_config = ConfigDict(extra="allow")
+    peft_type: Optional[str] = None
+    r: StrictInt = 8
+    lora_alpha: Union[StrictInt, StrictFloat, None] = None
+    target_modules: Union[str, list[str], None] = None
+    exclude_modules: Union[str, list[str], None] = None
+    rank_pattern: Optional[dict[str, StrictInt]] = None
+    alpha_pattern: Optional[dict[str, Union[StrictInt, StrictFloat]]] = None
+    layers_to_transform: Union[StrictInt, list[StrictInt], None] = None
+    layers_pattern: Union[str, list[str], None] = None
+    modules_to_save: Optional[list[str]] = None
+    use_dora: Optional[StrictBool] = None
+    fan_in_fan_out: Optional[StrictBool] = None
+    lora_bias: Optional[StrictBool] = None
+    init_lora_weights: Union[StrictBool, str, None] = None
+    layer_replication: Optional[list[list[StrictInt]]] = None
+    target_parameters: Optional[list[str]] = None
+    trainable_token_indices: Union[list[StrictInt], dict[str, list[StrictInt]], None] = None
+
+
+def check_types(cfg: Any, folder: Path) -> None:
+    """Raise AdapterError naming adapter_config.json and the first field whose value has the wrong type (a
+    rank written as a string, a list where a mapping belongs), before any rule reads it."""
+    where = Path(folder) / "adapter_config.json"
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{where}: must hold a JSON object, not {type(cfg).__name__}; save the adapter again "
+                           "with PEFT")
+    try:
+        _ConfigFields.model_validate(cfg)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if not _TYPE_TAG.match(str(p)))  # not a union's branch
+        raise AdapterError(f"{where}: {field}: {first['msg']} (got {first.get('input')!r}); fix the file or save "
+                           "the adapter again with PEFT") from None
+
+
 def check_config(cfg: dict, folder: Path, max_rank: int) -> None:
     """Refuse what PEFT would load but one shared, unchanged base cannot serve. Raises AdapterError for a
-    non-LoRA type, a rank (`r` or a `rank_pattern` value) outside 1..max_rank, a LoRA variant other than DoRA,
-    an initialisation that rewrites base weights on load (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA), layer replication
-    and LoRA on bare parameters (`target_parameters`)."""
+    field of the wrong type (`check_types`), a non-LoRA type, a rank (`r` or a `rank_pattern` value) outside
+    1..max_rank, a LoRA variant other than DoRA, an initialisation that rewrites base weights on load (PiSSA,
+    CorDA, OLoRA, LoftQ, LoRA-GA), layer replication and LoRA on bare parameters (`target_parameters`)."""
+    check_types(cfg, folder)
     if cfg.get("peft_type") != "LORA":
         raise AdapterError(f"{folder}: peft_type is {cfg.get('peft_type')!r}, only LORA adapters are served")
     for where, rank in [("r", cfg.get("r", 0)), *(
             (f"rank_pattern[{k!r}]", v) for k, v in (cfg.get("rank_pattern") or {}).items())]:
-        if not isinstance(rank, int) or not 0 < rank <= max_rank:
-            raise AdapterError(f"{folder}: {where} is {rank}, outside 1..{max_rank}; retrain with a lower rank")
+        if not 0 < rank <= max_rank:
+            fix = "retrain with a lower rank" if rank > max_rank else "a LoRA rank is at least 1"
+            raise AdapterError(f"{folder}: {where} is {rank}, outside 1..{max_rank}; {fix}")
     variants = [f for f in _VARIANTS if cfg.get(f)] + (["mica"] if cfg.get("init_lora_weights") == "mica" else [])
     if variants:
         raise AdapterError(f"{folder}: the LoRA variant {', '.join(variants)} is not served (plain LoRA and DoRA "

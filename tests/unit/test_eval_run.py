@@ -137,6 +137,12 @@ def test_cli_eval_writes_results_and_summary(project, tmp_path):
     assert len(rows) == 4 and json.loads((out / "summary.json").read_text())["modes"] == ["base", "rag"]
     r = CliRunner().invoke(app, ["eval", str(path), "--modes", "rag", "--json", "-p", str(proj.root)])
     assert json.loads(r.stdout)["metrics"]["rag"]["citation_recall"]["value"] == 1.0
+    r = CliRunner().invoke(app, ["eval", str(path), "--modes", "rag", "--domain", "claims", "--out", str(out),
+                                 "-p", str(proj.root)])  # only that domain's questions
+    assert r.exit_code == 0 and [json.loads(x)["id"] for x in (out / "results.jsonl").read_text().splitlines()] \
+        == [q["id"] for q in QUESTIONS if q.get("domain") == "claims"]
+    r = CliRunner().invoke(app, ["eval", str(path), "--domain", "claim", "-p", str(proj.root)])
+    assert r.exit_code == 2 and "no domain claim in the project" in r.output
 
 
 def test_the_example_eval_set_is_valid_and_its_answers_are_in_its_gold_documents():

@@ -20,6 +20,8 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
              modes: str = typer.Option(",".join(MODES), help="Comma-separated modes: " + ", ".join(MODES) + "."),
              limit: Optional[int] = typer.Option(None, help="Evaluate this many questions, drawn with --seed."),
              seed: int = typer.Option(0, help="Seed of the --limit draw and of the bootstrap."),
+             domain: Optional[str] = typer.Option(None, help="Only the questions of these domains "
+                                                              "(comma-separated), e.g. after retraining one adapter."),
              out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.jsonl, summary.json and "
                                                     "report.html "
                                                     "(default .loradex/eval/latest in the project)."),
@@ -31,8 +33,14 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
     from ..evaluate.run import summarise
 
     proj = open_checked(project)
-    qs = draw(load_questions(questions, domains=set(proj.config.domains), formats=set(proj.config.formats)),
-              limit, seed)
+    qs = load_questions(questions, domains=set(proj.config.domains), formats=set(proj.config.formats))
+    if domain:
+        wanted = {d.strip() for d in domain.split(",") if d.strip()}
+        if unknown := wanted - set(proj.config.domains):
+            raise typer.BadParameter(f"no domain {', '.join(sorted(unknown))} in the project; its domains are "
+                                     f"{', '.join(proj.config.domains)}", param_hint="--domain")
+        qs = [q for q in qs if q.domain in wanted]
+    qs = draw(qs, limit, seed)
     with progress("answering", "answers", disable=as_json) as update:
         rows = run_eval(proj, qs, [m.strip() for m in modes.split(",") if m.strip()], progress=update)
     summary = summarise(rows, seed=seed)

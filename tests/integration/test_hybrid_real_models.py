@@ -49,9 +49,9 @@ DEMO = [  # make demo's three domain questions, and the documents' facts each an
     ("billing", "Can I change the day my monthly premium is collected?", ("1st, 8th, 15th or 22nd",)),
 ]
 POLICY_OPEN = pytest.mark.xfail(strict=True, reason=(
-    "issue 17, open: the shipped policy adapter's Why sentence gathers words from a list of covers suspended while "
-    "a home is empty (no single place in its sources supports it: flagged), and its Limits line restates it "
-    "muddled. Needs a policy adapter that reads its sources"))
+    "issue 17, open: the shipped policy adapter (4d953cb4a6f0) gives the right reason (escape of water from fixed "
+    "pipes is an insured event) under the wrong verdict (Covered: NO), and its Limits line ('Escape of water "
+    "claims carry no excess') contradicts its sources (flagged unsupported)"))
 
 
 @pytest.mark.parametrize("domain,question,facts",
@@ -67,7 +67,7 @@ def test_the_demo_answers_are_right_cited_in_form_and_never_repeat(project, doma
     assert not repeats(a.answer, times=2), a.answer
     check = project.config.formats[project.config.domains[domain].format]
     assert format_failures(a.answer, **check.model_dump(exclude={"label"})) == [], a.answer
-    assert all(f in a.answer for f in facts), a.answer
+    assert all(f.lower() in a.answer.lower() for f in facts), a.answer
 
 
 @pytest.mark.parametrize("domain,question,facts", DEMO)

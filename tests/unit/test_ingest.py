@@ -144,6 +144,19 @@ def test_symbolic_links_are_reported_never_followed(project_dir, tmp_path):
     assert all(h.chunk.meta.groups == ("finance",) for h in finance if h.chunk.doc_id.startswith("docs/billing"))
 
 
+def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_ingested(project_dir):
+    """Issue 20, kind 3: one Latin-1 file name used to abort the whole run with a UnicodeEncodeError."""
+    import os
+
+    root = project_dir(DOCS, CONFIG)
+    with open(os.path.join(os.fsencode(root / "docs/claims"), b"caf\xe9.md"), "wb") as f:
+        f.write(b"# Cafe\n\nA file whose name is Latin-1.\n")
+    report = ingest(_open(root))
+    assert sorted(report.added) == sorted(DOCS)
+    assert report.skipped == [("docs/claims/caf\\xe9.md", "the file name is not valid UTF-8: rename it (for example "
+                                                           "with `convmv -f latin1 -t utf8`)")]
+
+
 def test_bad_files_are_reported_skipped_and_lose_nothing(project_dir):
     root = project_dir(DOCS, CONFIG)
     proj = _open(root)

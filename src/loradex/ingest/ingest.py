@@ -142,6 +142,10 @@ def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[
                 rel = p.relative_to(root).parts
                 if any(part.startswith(".") for part in rel):
                     continue
+                if not _utf8(p):
+                    skipped.append((_printable(name(p)), "the file name is not valid UTF-8: rename it (for example "
+                                                          "with `convmv -f latin1 -t utf8`)"))
+                    continue
                 if p.is_symlink():
                     skipped.append((name(p), f"symbolic link to {p.readlink()}: not followed (a link could bring "
                                               "in a file from outside the project or another group's folder); "
@@ -154,6 +158,20 @@ def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[
         else:
             skipped.append((str(root), "no such file or folder"))
     return list(dict.fromkeys(files))
+
+
+def _utf8(path: Path) -> bool:
+    """Whether the path's name is valid UTF-8 (Python keeps undecodable bytes as lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """`name` with undecodable bytes written as \\xNN, safe to print and to store as JSON."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _link_name(project: Project, path: Path) -> str:

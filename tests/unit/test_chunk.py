@@ -57,6 +57,23 @@ def test_pages_are_not_crossed():
 
 
 _words = st.text(alphabet="abcdefgh", min_size=1, max_size=6)
+def test_text_with_no_whitespace_is_cut_within_the_bound_whatever_the_tokenizer_says():
+    """Issue 20, kind 3: a long line with no whitespace became one chunk (a 50 MB chunk every answer citing it
+    carried). Counted by words (the fake) or as one unknown token (WordPiece past 100 characters), it is cut
+    between characters into chunks of at most max_tokens * CHARS_PER_TOKEN characters; counted per character,
+    within the token bound."""
+    from loradex.ingest.chunk import CHARS_PER_TOKEN
+
+    md = "# Title\n\n" + "x" * 20_000 + "\n\nAfter the long line.\n"
+    for counter in (count, lambda t: 1, len):
+        doc = parse_bytes(md.encode(), "markdown")
+        spans = chunk_document(doc, counter, 20)
+        texts = [doc.text[s.start:s.end] for s in spans]
+        assert all(len(t) <= 20 * CHARS_PER_TOKEN and counter(t) <= 20 for t in texts), [len(t) for t in texts]
+        assert "".join(t for t in texts if set(t) == {"x"}) == "x" * 20_000  # contiguous, nothing lost
+        assert texts[-1] == "After the long line."
+
+
 _line = st.lists(_words, min_size=1, max_size=12).map(" ".join)
 _block = st.one_of(
     _line.map(lambda t: "# " + t),

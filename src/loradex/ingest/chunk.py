@@ -3,8 +3,8 @@
 Rules: a heading starts a new chunk (the chunk begins with its heading); blocks are packed whole
 while the token bound holds; a chunk does not cross a page. A table or list item is never cut;
 only a single block that alone exceeds the bound is split, a table between rows, prose between
-sentences (and a sentence longer than the bound between words). Every chunk is a contiguous span:
-`chunk.text == document.text[start:end]`.
+sentences (and a sentence longer than the bound between words, a word longer than it between characters).
+Every chunk is a contiguous span: `chunk.text == document.text[start:end]`.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..types import Block, ParsedDocument
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+CHARS_PER_TOKEN = 10  # a text counts as at least len/10 tokens, whatever the tokenizer says
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,30 @@ def _pieces(text: str, start: int, end: int, kind: str) -> list[tuple[int, int]]
     return [(s, e) for s, e in cuts if e > s]
 
 
-def _words(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    return [(start + m.start(), start + m.end()) for m in re.finditer(r"\S+", text[start:end])]
+def _words(text: str, start: int, end: int, count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
+    """The words of `text[start:end]`; a word over `limit` tokens (a long line with no whitespace) is cut into
+    pieces within it."""
+    out: list[tuple[int, int]] = []
+    for m in re.finditer(r"\S+", text[start:end]):
+        s, e = start + m.start(), start + m.end()
+        out.extend([(s, e)] if count(text[s:e]) <= limit else _cut(text, s, e, count, limit))
+    return out
+
+
+def _cut(text: str, start: int, end: int, count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
+    """Cut one whitespace-free run into consecutive pieces within `limit` tokens: first by characters, then
+    halving any piece the tokenizer still counts over the bound."""
+    step = limit * CHARS_PER_TOKEN
+    todo = [(s, min(s + step, end)) for s in range(start, end, step)][::-1]
+    out: list[tuple[int, int]] = []
+    while todo:
+        s, e = todo.pop()
+        if e - s > 1 and count(text[s:e]) > limit:
+            mid = (s + e) // 2
+            todo += [(mid, e), (s, mid)]
+        else:
+            out.append((s, e))
+    return out
 
 
 def _split_block(text: str, block: Block, count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
@@ -53,8 +76,14 @@ def _split_block(text: str, block: Block, count: Callable[[str], int], limit: in
         if count(text[s:e]) <= limit:
             out.append((s, e))
         else:
-            out.extend(_pack(text, _words(text, s, e), count, limit))
+            out.extend(_pack(text, _words(text, s, e, count, limit), count, limit))
     return _pack(text, out, count, limit)
+
+
+def _bounded(count: Callable[[str], int]) -> Callable[[str], int]:
+    """`count`, but never under len/CHARS_PER_TOKEN: a tokenizer that maps a 50 MB word to one unknown token
+    (WordPiece does, past 100 characters) or counts words must not let it into one chunk."""
+    return lambda t: max(count(t), -(-len(t) // CHARS_PER_TOKEN))
 
 
 def _pack(text: str, spans: list[tuple[int, int]], count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
@@ -79,7 +108,9 @@ def chunk_document(doc: ParsedDocument, count: Callable[[str], int], max_tokens:
     """The document's chunks as spans of `doc.text`, in order, by the rules of the module docstring.
 
     `max_tokens` bounds a chunk as counted by `count` (the embedder's token counter, additive over
-    whitespace-joined pieces); a chunk goes over it only when one word alone does."""
+    whitespace-joined pieces), and a chunk holds at most `max_tokens * CHARS_PER_TOKEN` characters: text with
+    no whitespace is cut between characters."""
+    count = _bounded(count)
     spans: list[Span] = []
     group: list[Block] = []
     tokens = 0

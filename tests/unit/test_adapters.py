@@ -166,10 +166,13 @@ def test_a_registered_version_without_its_manifest_is_listed_invalid_and_never_s
     data[-1] ^= 0xFF
     (ref.path / "adapter_model.safetensors").write_bytes(bytes(data))
     (ref.path / "manifest.json").write_text(json.dumps({"version": ref.version}))  # a forged manifest
-    with pytest.raises(AdapterError, match="do not match the version's hash"):
+    with pytest.raises(AdapterError, match="files do not match the manifest's hash"):
         reg.activate("claims", ref.version)
-    with pytest.raises(AdapterError, match="do not match the version's hash"):
+    with pytest.raises(AdapterError, match="files do not match the manifest's hash"):
         adapter_for(project, "claims", ref.version)
+    (ref.path / "manifest.json").write_text(json.dumps({"version": "ab" * 32}))  # naming another version
+    with pytest.raises(AdapterError, match="its manifest names another version"):
+        reg.activate("claims", ref.version)
     assert ref.label not in project.engine.loaded_adapters()
 
 

@@ -220,12 +220,12 @@ class Registry:
 
     def check(self, ref: AdapterRef) -> dict:
         """Everything `validate` refuses, plus what only a registered version must hold: a readable manifest
-        whose version is the folder's name and the hash of the files (so deleting or editing the manifest
-        cannot switch the hash check off). Returns the PEFT config; raises AdapterError."""
-        manifest = self.manifest(ref)
-        if manifest.get("version") != ref.version or adapter_version(ref.path) != ref.version:
-            raise AdapterError(f"{ref.label}: its files or manifest do not match the version's hash (changed or "
-                               f"corrupted); remove {ref.path} and import the adapter again")
+        that names the folder's version, so `validate`'s check of the files against the manifest's hash is
+        a check against the version itself (deleting or editing the manifest cannot switch it off). Returns
+        the PEFT config; raises AdapterError."""
+        if self.manifest(ref).get("version") != ref.version:
+            raise AdapterError(f"{ref.label}: its manifest names another version (changed or corrupted); remove "
+                               f"{ref.path} and import the adapter again")
         return validate(ref.path, self.base, self.base_shapes, base_dir=self.base_dir)
 
     def activate(self, domain: str, version: str) -> AdapterRef:

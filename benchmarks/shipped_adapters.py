@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, STDERR, machine_info, markdown_table, now_iso, write_json  # noqa: E402
-from adapter_effect import GENERAL, generate  # noqa: E402
+from adapter_effect import GENERAL, forgetting, generate  # noqa: E402
 from loradex.prompt import system_message  # noqa: E402
 
 DOMAINS = ("claims", "policy", "billing")
@@ -58,17 +57,18 @@ def main() -> None:
         engine, system = proj.engine, system_message(proj.config.name)
         for d in DOMAINS:
             engine.load_adapter(d, SHIPPED / d)
+        STDERR.print(f"[dim]{len(GENERAL)} general prompts, base and {len(DOMAINS)} adapters[/]")
+        general = forgetting(engine, list(DOMAINS), system)  # share answered right, by model
         rows, samples = [], {}
         for name in (None, *DOMAINS):
             label = name or "base"
-            STDERR.print(f"[dim]{label}: {len(GENERAL)} general prompts, {len(facts)} document facts closed-book[/]")
-            general = generate(engine, [q for q, _ in GENERAL], system, name, 32)
-            right = [bool(re.search(a, t.lower())) for t, (_, a) in zip(general, GENERAL)]
+            STDERR.print(f"[dim]{label}: {len(facts)} document facts closed-book[/]")
             answers = generate(engine, [f["question"] for f in facts], system, name, 64)
             stated = [f["answer_fact"].lower() in a.lower() for f, a in zip(facts, answers)]
             own = [s for s, f in zip(stated, facts) if f["domain"] == name]
-            rows.append({"model": label, "version": versions.get(name), "general_right": sum(right),
-                         "general": len(right), "facts_stated": sum(stated), "facts": len(stated),
+            rows.append({"model": label, "version": versions.get(name),
+                         "general_right": round(general[label] * len(GENERAL)), "general": len(GENERAL),
+                         "facts_stated": sum(stated), "facts": len(stated),
                          "own_domain_facts_stated": sum(own) if name else None, "own_domain_facts": len(own) or None})
             samples[label] = [{"question": f["question"], "fact": f["answer_fact"], "answer": a[:200]}
                               for f, a, s in zip(facts, answers, stated) if s][:5]

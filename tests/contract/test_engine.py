@@ -197,3 +197,23 @@ def test_no_repeat_ngram_keeps_batch_stream_and_alone_equal(engine):
 def test_no_repeat_ngram_one_is_refused():
     with pytest.raises(ValueError, match="no_repeat_ngram"):
         _req("x", 5, no_repeat_ngram=1)
+
+
+def test_a_cancelled_request_ends_early_and_the_rest_of_its_batch_does_not(engine):
+    """The server sets a request's event when its client goes away (issue 20): that row stops, the others go on."""
+    reqs = [_req(SOURCE, 30), _req("Report a claim", 30), _req(SOURCE, 30)]
+    full = engine.generate(reqs)
+    assert full[1].completion_tokens > 1
+    gone = threading.Event()
+    gone.set()
+    out = engine.generate(reqs, [None, gone, None])
+    assert _texts([out[0], out[2]]) == _texts([full[0], full[2]])
+    assert out[1].finish_reason == "cancelled" and out[1].completion_tokens <= 1
+
+
+def test_a_stream_ends_once_its_cancel_is_set(engine):
+    gone, pieces = threading.Event(), []
+    for piece in engine.stream(_req(SOURCE, 30), gone):
+        pieces.append(piece)
+        gone.set()
+    assert len(pieces) == 1 and len("".join(engine.stream(_req(SOURCE, 30)))) > len(pieces[0])

@@ -328,10 +328,10 @@ def test_module_rank_and_alpha_follow_peft_pattern_matching():
 class _Poisoned(EchoEngine):
     """The echo engine, failing (as a bug would, not with a loradex error) any batch that holds "poison"."""
 
-    def generate(self, requests):
+    def generate(self, requests, cancel=()):
         if any("poison" in r.messages[-1]["content"] for r in requests):
             raise RuntimeError("CUDA error: device-side assert triggered")
-        return super().generate(requests)
+        return super().generate(requests, cancel)
 
 
 @pytest.mark.parametrize("engine,bad", [

@@ -84,9 +84,9 @@ def recorded(project_dir):
             super().__init__()
             self.requests = []
 
-        def generate(self, requests):
+        def generate(self, requests, cancel=()):
             self.requests.extend(requests)
-            return super().generate(requests)
+            return super().generate(requests, cancel)
 
     engine = Recorder()
     proj = open_project(project_dir(DOCS, ROUTED + "server: {max_input_chars: 200}\n"), engine=engine)

@@ -28,9 +28,9 @@ QUESTIONS = [
 
 
 class CountingEcho(EchoEngine):
-    def generate(self, requests):
+    def generate(self, requests, cancel=()):
         self.calls += len(requests) - 1  # count requests, not batches
-        return super().generate(requests)
+        return super().generate(requests, cancel)
 
 
 @pytest.fixture

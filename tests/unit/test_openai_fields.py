@@ -26,12 +26,12 @@ class Recorder(EchoEngine):
         self.requests = []
         self.lock = threading.Lock()
 
-    def generate(self, requests):
+    def generate(self, requests, cancel=()):
         with self.lock:
             self.requests.extend(requests)
         if any("boom" in r.messages[-1]["content"] for r in requests):
             raise RuntimeError("the engine broke on this request")
-        return super().generate(requests)
+        return super().generate(requests, cancel)
 
 
 @pytest.fixture(scope="module")

@@ -38,10 +38,10 @@ class SlowEcho(EchoEngine):
         self.gate = threading.Event()
         self.batches: list[int] = []
 
-    def generate(self, requests):
+    def generate(self, requests, cancel=()):
         self.gate.wait(timeout=30)
         self.batches.append(len(requests))
-        return super().generate(requests)
+        return super().generate(requests, cancel)
 
 
 def _project(project_dir, tmp_path, monkeypatch, engine=None):

@@ -5,12 +5,15 @@ Backends are named in `loradex.backends.ENGINES`: `local` (transformers + PEFT o
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Engine", "Generation", "GenerationRequest", "cut_at_stop"]
+__all__ = ["CANCELLED", "Engine", "Generation", "GenerationRequest", "cancelled", "cut_at_stop"]
+
+CANCELLED = "cancelled"  # Generation.finish_reason of a request whose `cancel` event was set
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class Generation:
     """A generated answer: its text (stop sequence cut, whitespace stripped), token counts, and why it ended:
-    `stop` (end of sequence or a stop string) or `length` (the token budget ran out). `timings_ms` has
+    `stop` (end of sequence or a stop string), `length` (the token budget ran out) or `cancelled` (its
+    `cancel` event was set: the text so far, which nobody may read). `timings_ms` has
     `prompt` (milliseconds to the first new token) and `generate` (the rest)."""
 
     text: str
@@ -54,13 +58,17 @@ class Engine(Protocol):
     name: str
     stats: dict[str, int]  # counters for /metrics: adapter_loads, adapter_evictions
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 cancel: Sequence[threading.Event | None] = ()) -> list[Generation]:
         """One generation per request, in order. Requests may run as one batch, mixing adapters; each result
-        equals what the request would give alone. Raises EngineError when a request names an adapter that
-        was never loaded."""
+        equals what the request would give alone. `cancel` holds, per request (or none), an event that, once
+        set, ends that request's generation after at most one more token, with finish_reason `cancelled`,
+        the others going on (the server sets it when a client goes away). Raises EngineError when a request
+        names an adapter that was never loaded."""
 
-    def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Text pieces as they are generated; joined (and stripped) they equal `generate([request])[0].text`."""
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Text pieces as they are generated; joined (and stripped) they equal `generate([request])[0].text`.
+        Once `cancel` is set, generation stops after at most one more token and the stream ends."""
 
     def load_adapter(self, name: str, path: str | Path) -> bool:
         """Make the PEFT LoRA folder `path` servable as `name` on the shared base (the base weights never
@@ -68,6 +76,11 @@ class Engine(Protocol):
 
     def loaded_adapters(self) -> list[str]:
         """Names of the adapters loaded now, least recently used first."""
+
+
+def cancelled(cancel: Sequence[threading.Event | None], i: int) -> bool:
+    """Whether request `i`'s event in `cancel` (as `Engine.generate` takes it) is set."""
+    return i < len(cancel) and cancel[i] is not None and cancel[i].is_set()  # type: ignore[union-attr]
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -6,13 +6,15 @@ citation checks without model weights.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import EngineError
 from ..prompt import NO_SOURCES
-from . import Generation, GenerationRequest, cut_at_stop
+from . import CANCELLED, Generation, GenerationRequest, cancelled, cut_at_stop
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -37,12 +39,16 @@ def _no_repeat(words: list[str], n: int) -> list[str]:
 
 
 class EchoEngine:
-    """The fake engine. `reply` fixes the answer (for tests of what happens to a given text); a word is a token."""
+    """The fake engine. `reply` fixes the answer (for tests of what happens to a given text); a word is a token.
+    `token_delay_s` (seconds) makes `stream` wait before each word, as a model does (for tests of clients that
+    go away mid-stream)."""
 
     name = "echo"
 
-    def __init__(self, reply: str | None = None):
+    def __init__(self, reply: str | None = None, token_delay_s: float = 0.0):
         self.reply = reply  # a fixed reply, for tests of what happens to a given answer
+        self.token_delay_s = token_delay_s
+        self.streamed_words = 0  # words `stream` has produced, in all: what a cancelled stream did not make
         self.calls = 0
         self.adapters: dict[str, str] = {}  # name -> folder, as loaded (the echo answer ignores them)
         self.served: list[str | None] = []  # the adapter of every request generated, in order
@@ -66,12 +72,16 @@ class EchoEngine:
         first = re.split(r"(?<=[.!?])\s", m.group(1).strip(), maxsplit=1)[0]
         return f"{first} [1]"
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 cancel: Sequence[threading.Event | None] = ()) -> list[Generation]:
         self.calls += 1
         out = []
-        for r in requests:
+        for i, r in enumerate(requests):
             if r.adapter is not None and r.adapter not in self.adapters:
                 raise EngineError(f"adapter {r.adapter!r} is not loaded; load it first (engine.load_adapter)")
+            if cancelled(cancel, i):
+                out.append(Generation("", 0, 0, CANCELLED, {"prompt": 0.0, "generate": 0.0}))
+                continue
             self.served.append(r.adapter)
             words = _no_repeat(self._answer(r).split(" "), r.no_repeat_ngram)
             text, stopped = cut_at_stop(" ".join(words[: r.max_new_tokens]), r.stop)
@@ -84,9 +94,13 @@ class EchoEngine:
         """(prompt tokens, completion tokens) of `request` answered with `text`: words, as `generate` counts them."""
         return sum(len(m["content"].split()) for m in request.messages), len(text.split())
 
-    def stream(self, request: GenerationRequest) -> Iterator[str]:
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[str]:
         text = self.generate([request])[0].text
         for i, word in enumerate(text.split(" ")):
+            if cancel is not None and cancel.is_set():
+                return
+            time.sleep(self.token_delay_s)
+            self.streamed_words += 1
             yield word if i == 0 else " " + word
 
 

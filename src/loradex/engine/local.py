@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapters.validate import serving
 from ..errors import EngineError, LoradexError
-from . import Generation, GenerationRequest, cut_at_stop
+from . import CANCELLED, Generation, GenerationRequest, cancelled, cut_at_stop
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -209,10 +209,12 @@ class LocalEngine:
         texts = [self.prompt(r.messages) for r in requests]
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 cancel: Sequence[threading.Event | None] = ()) -> list[Generation]:
         """One Generation per request, in order: batches by sampling settings and stop strings, mixing adapters
-        except those that cannot be mixed (each of those gets batches of its own). Raises EngineError for an
-        adapter never loaded and when generation fails."""
+        except those that cannot be mixed (each of those gets batches of its own). A request whose `cancel`
+        event is set ends at the next token (a transformers stopping criterion that ends that row only).
+        Raises EngineError for an adapter never loaded and when generation fails."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             solo = r.adapter if r.adapter in self._solo else None  # None: joins the mixed batch
@@ -220,22 +222,25 @@ class LocalEngine:
         out: list[Generation | None] = [None] * len(requests)
         with self._lock:
             for idx in groups.values():
-                for i, g in zip(idx, self._generate_batch([requests[i] for i in idx])):
+                events = [cancel[i] if i < len(cancel) else None for i in idx]
+                for i, g in zip(idx, self._generate_batch([requests[i] for i in idx], events)):
                     out[i] = g
         return out  # type: ignore[return-value]
 
-    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def _generate_batch(self, requests: Sequence[GenerationRequest],
+                        cancel: Sequence[threading.Event | None]) -> list[Generation]:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         torch = self.torch
         enc = self._encode(requests)
         first: list[float] = []
 
-        class FirstToken(StoppingCriteria):
+        class FirstTokenOrCancel(StoppingCriteria):  # notes the first token's time; ends cancelled rows
             def __call__(self, input_ids, scores, **kwargs):
                 if not first:
                     first.append(time.perf_counter())
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                return torch.tensor([cancelled(cancel, i) for i in range(input_ids.shape[0])],
+                                    dtype=torch.bool, device=input_ids.device)
 
         longest = max(r.max_new_tokens for r in requests)
         t0 = time.perf_counter()
@@ -244,7 +249,7 @@ class LocalEngine:
         try:
             with torch.inference_mode(), context:
                 ids = self.model.generate(**enc, generation_config=self._config(requests[0], longest), **extra,
-                                          stopping_criteria=StoppingCriteriaList([FirstToken()]),
+                                          stopping_criteria=StoppingCriteriaList([FirstTokenOrCancel()]),
                                           tokenizer=self.tokenizer)
         except LoradexError:
             raise
@@ -265,38 +270,56 @@ class LocalEngine:
                 new.pop()
             text, stopped = cut_at_stop(str(self.tokenizer.decode(new, skip_special_tokens=True)), r.stop)
             reason = "stop" if ended or stopped or len(new) < r.max_new_tokens else "length"
+            reason = CANCELLED if cancelled(cancel, row) and not (ended or stopped) else reason
             results.append(Generation(text.strip(), int(enc["attention_mask"][row].sum()), len(new), reason, timings))
         return results
 
-    def stream(self, request: GenerationRequest) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[str]:
+        """`Engine.stream`. Generation also stops when the reader closes the iterator before its end."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        left = threading.Event()  # set when this iterator ends, however it ends: nobody reads what comes next
+
+        class Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return left.is_set() or (cancel is not None and cancel.is_set())
 
         enc = self._encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**enc, generation_config=self._config(request, request.max_new_tokens),
                       streamer=streamer, tokenizer=self.tokenizer, request=request,
+                      stopping_criteria=StoppingCriteriaList([Cancel()]),
                       **self._processors(request, enc["input_ids"].shape[1]))
         errors: list[BaseException] = []
         thread = threading.Thread(target=self._generate_for_streamer, args=(errors,), kwargs=kwargs, daemon=True)
         thread.start()
-        hold = max((len(s) for s in request.stop), default=0)
-        buffer = ""
-        for piece in streamer:
-            buffer += piece
-            text, stopped = cut_at_stop(buffer, request.stop)
-            if stopped:
-                yield text
-                break
-            if len(buffer) > hold:  # keep back what could still become a stop sequence
-                yield buffer[: len(buffer) - hold]
-                buffer = buffer[len(buffer) - hold:]
-        else:
-            if buffer:
-                yield buffer
+        try:
+            yield from self._pieces(streamer, request.stop, cancel)
+        finally:
+            left.set()
         thread.join()
         if errors:  # e.g. an adapter that was never loaded: fail as generate() does
             e = errors[0]
             raise EngineError.of(e, f" (adapter: {request.adapter or 'base'})") if isinstance(e, Exception) else e
+
+    @staticmethod
+    def _pieces(streamer: Iterator[str], stop: Sequence[str], cancel: threading.Event | None) -> Iterator[str]:
+        """The streamer's text cut at the first stop string, holding back what could still become one."""
+        hold = max((len(s) for s in stop), default=0)
+        buffer = ""
+        for piece in streamer:
+            if cancel is not None and cancel.is_set():
+                return
+            buffer += piece
+            text, stopped = cut_at_stop(buffer, stop)
+            if stopped:
+                yield text
+                return
+            if len(buffer) > hold:  # keep back what could still become a stop sequence
+                yield buffer[: len(buffer) - hold]
+                buffer = buffer[len(buffer) - hold:]
+        if buffer:
+            yield buffer
 
     def _generate_for_streamer(self, errors: list[BaseException], request: GenerationRequest, **kwargs) -> None:
         try:

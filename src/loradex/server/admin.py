@@ -21,12 +21,12 @@ from ..errors import AdapterError, QueryError
 from .auth import require_admin
 from .errors import ApiError
 from .routing import GuardedRoute
-from .state import ServerState, get_state
+from .state import ServerState, app_state
 
 __all__ = ["ActivateBody", "ImportBody", "IngestBody", "router"]
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], route_class=GuardedRoute, tags=["admin"])
-State = Annotated[ServerState, Depends(get_state)]
+State = Annotated[ServerState, Depends(app_state)]
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True)  # a misspelt field or `"activate": "yes"` is a 400, not ignored

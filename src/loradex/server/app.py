@@ -28,7 +28,7 @@ from .auth import load_keys
 from .batcher import Batcher
 from .errors import install_handlers
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .state import ServerState, StreamSlots, get_state
+from .state import ServerState, StreamSlots, app_state
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -37,11 +37,13 @@ __all__ = ["create_app", "serve"]
 
 STATIC = Path(__file__).parent / "static"
 service = APIRouter(tags=["service"])
-State = Annotated[ServerState, Depends(get_state)]
+State = Annotated[ServerState, Depends(app_state)]
 
 
+# /health and /metrics are coroutines: they run on the event loop, never waiting for a worker thread of the pool
+# that streams and other synchronous handlers hold (so a probe answers however busy generation is).
 @service.get("/health")
-def health(state: State) -> dict[str, Any]:
+async def health(state: State) -> dict[str, Any]:
     """Liveness with the number of indexed documents, the loaded adapters, the queue depth and the router's
     state: `router` is None without domain examples, else `{"domains", "examples", "calibrated", "reason"}`
     (`calibrated` False when a domain has fewer than 3 examples; `reason` says which and what to do)."""
@@ -55,7 +57,7 @@ def health(state: State) -> dict[str, Any]:
 
 
 @service.get("/metrics")
-def prometheus(state: State) -> Response:
+async def prometheus(state: State) -> Response:
     """The Prometheus text exposition (no key needed)."""
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

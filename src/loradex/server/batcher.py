@@ -7,7 +7,8 @@ batches of their own). When a batch fails, its requests are generated again one 
 that fails alone gets the error (on its Future, as a loradex error: an EngineError unless the engine raised
 one of its own); the others get their answers. When `max_queue` requests
 already wait, `submit` raises QueueFull at once, so a server answers 429 instead of piling up work it cannot
-finish.
+finish. A request whose Future is cancelled while it waits is dropped unread; one cancelled while it runs has
+its `cancel` event (given to `submit`) set by its caller, and the engine ends that row at its next token.
 """
 from __future__ import annotations
 
@@ -53,12 +54,13 @@ class Batcher:
         """True when `submit` would raise QueueFull now."""
         return self._queue.full()
 
-    def submit(self, request: GenerationRequest) -> Future:
+    def submit(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Future:
         """Queue `request`; the Future gets its Generation, or the error the engine raises for this request
-        alone. Raises QueueFull at once when `max_queue` requests already wait."""
+        alone. Setting `cancel` ends the request's generation early (`Engine.generate`); cancelling the Future
+        before the request is taken drops it. Raises QueueFull at once when `max_queue` requests already wait."""
         future: Future = Future()
         try:
-            self._queue.put_nowait((request, future))
+            self._queue.put_nowait((request, future, cancel))
         except queue.Full:
             self.stats["rejected"] += 1
             raise QueueFull(f"{self._queue.maxsize} requests are already waiting") from None
@@ -82,16 +84,19 @@ class Batcher:
                     batch.append(self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
+            batch = [item for item in batch if item[1].set_running_or_notify_cancel()]  # callers gone: dropped
+            if not batch:
+                continue
             self.stats["batches"] += 1
             self.stats["requests"] += len(batch)
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             self._run(batch)
 
-    def _run(self, batch: list[tuple[GenerationRequest, Future]]) -> None:
+    def _run(self, batch: list[tuple[GenerationRequest, Future, threading.Event | None]]) -> None:
         """Generate `batch` and settle its Futures; when the batch fails, each request again alone, so one
         request's failure is its own (the worker goes on whatever happens)."""
         try:
-            results = self.engine.generate([r for r, _ in batch])
+            results = self.engine.generate([r for r, _, _ in batch], [c for _, _, c in batch])
         except Exception as e:  # noqa: BLE001 - settled on the Futures below, never lost
             if len(batch) == 1:
                 self.stats["failed_requests"] += 1
@@ -101,7 +106,7 @@ class Batcher:
             for item in batch:
                 self._run([item])
             return
-        for (_, f), g in zip(batch, results):
+        for (_, f, _), g in zip(batch, results):
             _settle(f, result=g)
 
 
@@ -112,5 +117,5 @@ def _settle(future: Future, result: Any = None, error: BaseException | None = No
             future.set_exception(error)
         else:
             future.set_result(result)
-    except InvalidStateError:  # cancelled (the client went away): nobody waits for it
+    except InvalidStateError:  # settled already: nobody waits for it
         pass

@@ -4,6 +4,8 @@ Each app has its own `CollectorRegistry`, so several apps in one process (tests,
 
 - `loradex_requests_total{model,stream}`: chat completions accepted (model without `@version`).
 - `loradex_errors_total{status}`: error responses by HTTP status.
+- `loradex_client_disconnects_total{stream}`: requests whose client went away before the answer; their
+  generation was cancelled.
 - `loradex_tokens_total{kind}`: prompt and completion tokens of batched generations.
 - `loradex_request_seconds`: time from the request to the answer (streams: to the last event).
 - Read at scrape time: `loradex_queue_depth`, `loradex_streams_active`, `loradex_batches_total`,
@@ -58,6 +60,8 @@ class Metrics:
         self.requests = Counter("loradex_requests", "Chat completions accepted.", ["model", "stream"],
                                 registry=self.registry)
         self.errors = Counter("loradex_errors", "Error responses by HTTP status.", ["status"], registry=self.registry)
+        self.disconnects = Counter("loradex_client_disconnects", "Clients gone before their answer (cancelled).",
+                                   ["stream"], registry=self.registry)
         self.tokens = Counter("loradex_tokens", "Tokens of batched generations.", ["kind"], registry=self.registry)
         self.latency = Histogram("loradex_request_seconds", "Seconds from request to answer.", buckets=_SECONDS,
                                  registry=self.registry)

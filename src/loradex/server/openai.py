@@ -20,20 +20,26 @@
 - A `loradex` object in the body tunes one request: `{"retrieval": false}` (adapter only), `{"k": 6}`.
 - Non-streaming generations go through the Batcher (mixed-adapter batches, bounded queue, 429 when full);
   streams go to the engine directly and count against the same limit.
+- A client that goes away is noticed within `_POLL_S` while it waits (at once, mid-stream): its generation is
+  cancelled (dropped from the queue, or ended at the next token), its stream slot given back, and the request
+  counted in `loradex_client_disconnects_total` (no response is sent; logs show 499, nginx's "client closed").
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
+import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from ..cite import RepeatFilter
 from ..conversation import Conversation, check_size
@@ -44,7 +50,7 @@ from .auth import Caller, require_key
 from .errors import ApiError, error_event
 from .request import ChatCompletionRequest, LoradexOptions, refuse
 from .routing import GuardedRoute
-from .state import ServerState, get_state
+from .state import ServerState, StreamSlot, app_state
 
 if TYPE_CHECKING:
     from ..engine import Engine, Generation, GenerationRequest
@@ -53,10 +59,16 @@ if TYPE_CHECKING:
 __all__ = ["model_target", "router"]
 
 router = APIRouter(route_class=GuardedRoute, tags=["openai"])
-State = Annotated[ServerState, Depends(get_state)]
+State = Annotated[ServerState, Depends(app_state)]
 Key = Annotated[Caller, Depends(require_key)]
 _EXTRAS = ("citations", "sources", "route", "adapter", "abstained", "flagged", "repeated")
 _PER_CHOICE = ("citations", "abstained", "flagged", "repeated")
+_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away: logged, never received
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
 
 
 class _Reply(NamedTuple):
@@ -138,19 +150,36 @@ async def chat_completions(body: ChatCompletionRequest, caller: Key, state: Stat
     state.metrics.requests.labels(model=body.model.split("@")[0], stream=str(body.stream).lower()).inc()
     if body.stream:
         return _stream(state, prepared, reply, t0, body.n, request)
-    return await _complete(state, prepared, reply, t0, body.n)
+    try:
+        return await _complete(state, prepared, reply, t0, body.n, request)
+    except ClientGone:
+        state.metrics.disconnects.labels(stream="false").inc()
+        return Response(status_code=CLIENT_CLOSED)
 
 
-async def _generate(state: ServerState, request: GenerationRequest, n: int) -> tuple[list[Generation], float]:
+async def _generate(state: ServerState, request: GenerationRequest, n: int,
+                    client: Request) -> tuple[list[Generation], float]:
     """`n` generations of `request` through the batcher, and the milliseconds they took. QueueFull (429) when
-    the queue has no room for all `n`."""
+    the queue has no room for all `n`; ClientGone when the client goes away first (its generations are then
+    cancelled: dropped from the queue, or ended at their next token)."""
     if n > 1 and state.batcher.capacity - state.batcher.depth < n:
         raise QueueFull(f"{n} choices do not fit in the queue ({state.batcher.depth} of {state.batcher.capacity} "
                         "places taken)")
-    futures = [state.batcher.submit(request) for _ in range(n)]
+    cancels = [threading.Event() for _ in range(n)]
+    futures = [state.batcher.submit(request, c) for c in cancels]
     t_gen = time.perf_counter()
-    gens = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-    return list(gens), (time.perf_counter() - t_gen) * 1000
+    waiting = asyncio.ensure_future(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+    try:
+        while not (await asyncio.wait({waiting}, timeout=_POLL_S))[0]:
+            if await client.is_disconnected():
+                raise ClientGone
+        return list(waiting.result()), (time.perf_counter() - t_gen) * 1000
+    finally:
+        if not waiting.done():  # the client is gone, or this handler was cancelled: nobody reads the answers
+            for c, f in zip(cancels, futures):
+                c.set()
+                f.cancel()
+            waiting.cancel()
 
 
 def _choice(i: int, answer: Answer, finish_reason: str) -> dict[str, Any]:
@@ -159,15 +188,16 @@ def _choice(i: int, answer: Answer, finish_reason: str) -> dict[str, Any]:
             "finish_reason": finish_reason, **{k: d[k] for k in _PER_CHOICE}}
 
 
-async def _complete(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int) -> dict[str, Any]:
-    """Generate `n` choices through the batcher (QueueFull is a 429) and answer as a `chat.completion`; usage
-    counts the prompt once and every choice's tokens."""
+async def _complete(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int,
+                    client: Request) -> dict[str, Any]:
+    """Generate `n` choices through the batcher (QueueFull is a 429, ClientGone when `client` goes away) and
+    answer as a `chat.completion`; usage counts the prompt once and every choice's tokens."""
     gens: list[Generation] = []
     if prepared.early_answer is not None:
         answers = [prepared.early_answer] * n
     else:
         assert prepared.request is not None
-        gens, ms = await _generate(state, prepared.request, n)
+        gens, ms = await _generate(state, prepared.request, n, client)
         answers = [complete(state.project, prepared, g.text, ms) for g in gens]
     prompt_tokens = gens[0].prompt_tokens if gens else 0
     completion_tokens = sum(g.completion_tokens for g in gens)
@@ -191,23 +221,56 @@ def _chunk(reply: _Reply, index: int, delta: dict, finish_reason: str | None = N
     return _sse(body)
 
 
+class _SlotStream(StreamingResponse):
+    """A stream that gives its slot back and cancels its generation however it ends: the last event sent, an
+    error, or its client gone, before the first byte or mid-stream (watched for here, so a generation waiting
+    for its next line is cancelled at once rather than when that line fails to send)."""
+
+    def __init__(self, events: Iterator[str], slot: StreamSlot, state: ServerState):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.slot, self.state = slot, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    self.state.metrics.disconnects.labels(stream="true").inc()
+                    self.slot.release()  # the generation stops at its next token
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                try:
+                    await self.stream_response(send)
+                except OSError:  # the client went away as a chunk was sent
+                    self.slot.release()
+                group.cancel_scope.cancel()
+        finally:
+            self.slot.release()
+
+
 def _stream(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int,
             request: Request) -> StreamingResponse:
     """Server-sent events from the engine's stream; 429 when streams and waiting requests fill the queue."""
-    if not state.streams.enter(state.batcher.capacity - state.batcher.depth):
+    slot = state.streams.enter(state.batcher.capacity - state.batcher.depth)
+    if slot is None:
         raise ApiError(429, "server busy; retry shortly", "rate_limit_error", "queue_full",
                        headers={"Retry-After": "1"})
-    return StreamingResponse(_events(state, prepared, reply, t0, n, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _SlotStream(_events(state, prepared, reply, t0, n, request, slot.cancel), slot, state)
 
 
 def _events(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n: int,
-            request: Request) -> Iterator[str]:
-    """Each choice's chunks in turn, the usage chunk when asked for, then `[DONE]`; an error as its event."""
+            request: Request, cancel: threading.Event) -> Iterator[str]:
+    """Each choice's chunks in turn, the usage chunk when asked for, then `[DONE]`; an error as its event.
+    Ends early, sending nothing more, once `cancel` is set."""
     try:
         tokens = [0, 0]  # prompt (once), completion (every choice)
         for i in range(n):
-            yield from _choice_events(state, prepared, reply, i, tokens)
+            if cancel.is_set():
+                return
+            yield from _choice_events(state, prepared, reply, i, tokens, cancel)
         if reply.usage_chunks:
             yield _sse({"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
                         "model": reply.model, "choices": [], "usage": _usage(*tokens)})
@@ -215,11 +278,10 @@ def _events(state: ServerState, prepared: Prepared, reply: _Reply, t0: float, n:
         state.metrics.latency.observe(time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - the status is sent already: the client gets the error as an event
         yield error_event(request, e, state.metrics)
-    finally:
-        state.streams.leave()
 
 
-def _choice_events(state: ServerState, prepared: Prepared, reply: _Reply, i: int, tokens: list[int]) -> Iterator[str]:
+def _choice_events(state: ServerState, prepared: Prepared, reply: _Reply, i: int, tokens: list[int],
+                   cancel: threading.Event) -> Iterator[str]:
     """Choice `i`: the role, its text a line at a time, and a last chunk with the checked answer and extras."""
     yield _chunk(reply, i, {"role": "assistant", "content": ""})
     if prepared.early_answer is not None:
@@ -230,10 +292,12 @@ def _choice_events(state: ServerState, prepared: Prepared, reply: _Reply, i: int
         assert r is not None
         pieces, shown = [], RepeatFilter()  # whole lines, never one that repeats an earlier one
         t_gen = time.perf_counter()
-        for piece in state.project.engine.stream(r):
+        for piece in state.project.engine.stream(r, cancel):
             pieces.append(piece)
             if text := shown.feed(piece):
                 yield _chunk(reply, i, {"content": text})
+        if cancel.is_set():  # the client is gone: nothing to check or send
+            return
         if rest := shown.finish():
             yield _chunk(reply, i, {"content": rest})
         answer = complete(state.project, prepared, joined(pieces), (time.perf_counter() - t_gen) * 1000)

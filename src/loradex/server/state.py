@@ -15,7 +15,27 @@ if TYPE_CHECKING:
     from .batcher import Batcher
     from .metrics import Metrics
 
-__all__ = ["ServerState", "StreamSlots", "get_state"]
+__all__ = ["ServerState", "StreamSlot", "StreamSlots", "app_state", "get_state"]
+
+
+class StreamSlot:
+    """One stream's place: `cancel` ends its generation; `release` (idempotent) sets it and gives the place
+    back, so every way a stream can end (its last event, an error, its client gone before or during it) may
+    call it."""
+
+    def __init__(self, slots: StreamSlots) -> None:
+        self.cancel = threading.Event()
+        self._slots: StreamSlots | None = slots
+
+    def release(self) -> None:
+        self.cancel.set()
+        with _RELEASE:
+            slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.leave()
+
+
+_RELEASE = threading.Lock()
 
 
 class StreamSlots:
@@ -26,16 +46,16 @@ class StreamSlots:
         self._lock = threading.Lock()
         self.active = 0
 
-    def enter(self, limit: int) -> bool:
-        """Take a slot unless `limit` slots are taken; False when refused."""
+    def enter(self, limit: int) -> StreamSlot | None:
+        """Take a slot unless `limit` slots are taken; None when refused."""
         with self._lock:
             if self.active >= limit:
-                return False
+                return None
             self.active += 1
-            return True
+            return StreamSlot(self)
 
     def leave(self) -> None:
-        """Give a slot back (the stream ended or its client went away)."""
+        """Give a slot back (called once per slot, by `StreamSlot.release`)."""
         with self._lock:
             self.active -= 1
 
@@ -53,6 +73,12 @@ class ServerState:
 
 
 def get_state(request: Request) -> ServerState:
-    """FastAPI dependency: the app's ServerState."""
+    """The app's ServerState."""
     state: ServerState = request.app.state.loradex
     return state
+
+
+async def app_state(request: Request) -> ServerState:
+    """FastAPI dependency: the app's ServerState. A coroutine, as FastAPI runs a plain function dependency on a
+    worker thread of the pool that streams hold, and `/health` must answer however busy that pool is."""
+    return get_state(request)

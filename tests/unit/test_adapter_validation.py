@@ -268,6 +268,28 @@ def test_a_malformed_config_is_refused_naming_the_file_and_field(registry, tiny,
     assert registry.versions() == []
 
 
+def test_a_config_naming_another_base_model_is_refused_unless_allowed(registry, tiny, tmp_path):
+    """Issue 20, kind 1: an adapter whose config names another base model (shapes that happen to fit) was
+    accepted. Without a loradex manifest (whose base hash decides), the name must be this base's."""
+    from loradex.adapters.registry import same_model_family
+
+    base = base_identity(tiny)["name"]  # "m": the other name below must not hold an m
+    other = edit(peft_adapter(tiny, tmp_path / "a"), config={"base_model_name_or_path": "Org/Other-Net-7B"})
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: base_model_name_or_path is 'Org/Other-Net-7B'.*"
+                                           r"--allow-other-base"):
+        registry.import_folder(other, "a")
+    assert registry.versions() == []
+    assert registry.import_folder(other, "a", other_base=True).version  # the user says it is this model
+    renamed = edit(peft_adapter(tiny, tmp_path / "b"), config={"base_model_name_or_path": f"Org/{base.upper()}-chat"})
+    assert registry.import_folder(renamed, "b").version  # the same model under a hub id
+    with pytest.raises(AdapterError, match=r"base_model_name_or_path: Input should be a valid string"):
+        registry.import_folder(edit(peft_adapter(tiny, tmp_path / "c"), config={"base_model_name_or_path": 5}), "c")
+    assert same_model_family("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m")
+    assert same_model_family("/tmp/ldxcache/models/smollm2-135m-b179c9523d0e/", "smollm2-135m")
+    assert not same_model_family("HuggingFaceTB/SmolLM2-360M-Instruct", "smollm2-135m")
+    assert not same_model_family("meta-llama/Llama-3.2-1B", "smollm2-135m")
+
+
 @pytest.mark.parametrize("text", ["[]", '"lora"', "{not json"])
 def test_a_config_that_is_no_json_object_is_refused_naming_the_file(registry, tiny, tmp_path, text):
     folder = peft_adapter(tiny, tmp_path / "a")

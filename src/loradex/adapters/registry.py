@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..atomic import replace_dir, write_text
 from ..errors import AdapterError
@@ -67,15 +67,28 @@ def check_name(domain: str) -> str:
     return domain
 
 
+def same_model_family(named: str, base_name: str) -> bool:
+    """Whether `named` (a PEFT config's `base_model_name_or_path`: a hub id or a folder) names the model
+    `base_name`: the last path part, lower-cased and kept to letters and digits, contains `base_name` so kept
+    ("HuggingFaceTB/SmolLM2-135M-Instruct" and ".../smollm2-135m-b179c9523d0e" name "smollm2-135m";
+    "SmolLM2-360M-Instruct" does not)."""
+    def kept(s: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+
+    return kept(base_name) in kept(PurePosixPath(named.replace("\\", "/").rstrip("/")).name)
+
+
 def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], max_rank: int = 256,
-             base_dir: Path | None = None) -> dict:
+             base_dir: Path | None = None, other_base: bool = False) -> dict:
     """Refuse anything that must not be served on this base; returns the adapter's PEFT config.
 
     `base` is the base model's identity (`name`, `sha256`), `base_shapes` maps its weight names to shapes and
     `base_dir` is its folder (when given, copies of base weights in the adapter must equal the base's).
     Raises AdapterError for pickle files, a missing PEFT file, files that do not match the manifest's hash,
-    another base model, a config the shared base cannot serve (`validate.check_config`: type, ranks, variants)
-    or a tensor that does not fit the base (`validate.check_tensors`)."""
+    another base model (the manifest's base hash, or without one the config's `base_model_name_or_path`,
+    `same_model_family`; `other_base` accepts a name that differs), a config the shared base cannot serve
+    (`validate.check_config`: type, ranks, variants) or a tensor that does not fit the base
+    (`validate.check_tensors`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such folder; give a PEFT adapter folder")
@@ -92,8 +105,14 @@ def validate(folder: Path, base: dict, base_shapes: dict[str, tuple[int, ...]], 
         raise AdapterError(f"{folder}: adapter_config.json is unreadable ({e})") from None
     check_config(cfg, folder, max_rank)
     manifest_path = folder / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    named = cfg.get("base_model_name_or_path")
+    if not manifest.get("base_model") and named and not other_base and not same_model_family(named, base["name"]):
+        raise AdapterError(f"{folder / 'adapter_config.json'}: base_model_name_or_path is {named!r}, but this "
+                           f"project serves {base['name']!r}; an adapter trained on another base model answers "
+                           "unpredictably on this one. Train it here (`loradex train`), or, if it is this model "
+                           "under another name, import it with --allow-other-base")
+    if manifest:
         if manifest.get("version") != adapter_version(folder):
             raise AdapterError(f"{folder}: files do not match the manifest's hash (changed or corrupted)")
         if manifest.get("base_model", {}).get("sha256") != base["sha256"]:
@@ -136,12 +155,13 @@ class Registry:
         path = self._domain_dir(domain) / "active.json"
         return json.loads(path.read_text()) if path.is_file() else {"version": None, "history": []}
 
-    def register(self, folder: Path, domain: str, manifest: dict) -> AdapterRef:
+    def register(self, folder: Path, domain: str, manifest: dict, other_base: bool = False) -> AdapterRef:
         """Validate a PEFT folder and copy it in under its content hash, with `manifest` (training record) plus
         the hashes, base model, size and `serving` (whether it can join a mixed-adapter batch, and why not;
-        see `validate.serving`) (idempotent). Raises AdapterError when it fails validation."""
+        see `validate.serving`) (idempotent). Raises AdapterError when it fails validation (`other_base`: see
+        `validate`)."""
         check_name(domain)
-        cfg = validate(folder, self.base, self.base_shapes, base_dir=self.base_dir)
+        cfg = validate(folder, self.base, self.base_shapes, base_dir=self.base_dir, other_base=other_base)
         version = adapter_version(folder)
         dest = self._domain_dir(domain) / version
         if not (dest / "manifest.json").is_file():
@@ -160,9 +180,11 @@ class Registry:
             replace_dir(tmp, dest)
         return AdapterRef(domain, version, dest)
 
-    def import_folder(self, folder: Path, domain: str, *, activate: bool = False) -> AdapterRef:
+    def import_folder(self, folder: Path, domain: str, *, activate: bool = False,
+                      other_base: bool = False) -> AdapterRef:
         """Register a PEFT folder trained elsewhere (or a loradex export, whose training record is kept) and
-        optionally activate it. Raises AdapterError when it is refused or its manifest is unreadable."""
+        optionally activate it. Raises AdapterError when it is refused (`other_base`: see `validate`) or its
+        manifest is unreadable."""
         folder = Path(folder)
         kept: dict = {}
         if (folder / "manifest.json").is_file():
@@ -171,7 +193,7 @@ class Registry:
             except (OSError, ValueError) as e:
                 raise AdapterError(f"{folder / 'manifest.json'}: unreadable ({e})") from None
             kept = {k: v for k, v in loaded.items() if k in _KEPT_ON_IMPORT}
-        ref = self.register(folder, domain, {**kept, "imported_from": str(folder.resolve())})
+        ref = self.register(folder, domain, {**kept, "imported_from": str(folder.resolve())}, other_base)
         if activate:
             self.activate(domain, ref.version)
         return ref

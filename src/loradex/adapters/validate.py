@@ -135,6 +135,7 @@ class _ConfigFields(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     peft_type: Optional[str] = None
+    base_model_name_or_path: Optional[str] = None
     r: StrictInt = 8
     lora_alpha: Union[StrictInt, StrictFloat, None] = None
     target_modules: Union[str, list[str], None] = None

@@ -208,7 +208,10 @@ def adapters_export(domain: str, dest: Path = typer.Argument(..., help="Folder t
 def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder."),
                     domain: str = typer.Option(..., "--domain", help="Register it under this domain."),
                     activate: bool = typer.Option(False, "--activate", help="Activate it once registered."),
+                    other_base: bool = typer.Option(False, "--allow-other-base", help=(
+                        "Accept an adapter whose adapter_config.json names another base model (it must still "
+                        "fit this base's shapes): for this model under another name.")),
                     project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Validate and register an adapter trained elsewhere (safetensors only, same base model)."""
-    ref = open_checked(project).registry.import_folder(path, domain, activate=activate)
+    ref = open_checked(project).registry.import_folder(path, domain, activate=activate, other_base=other_base)
     emit({"imported": ref.label, "active": activate}) if as_json else out.print(f"imported {ref.label}")

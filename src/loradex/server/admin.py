@@ -33,13 +33,15 @@ _STRICT = ConfigDict(extra="forbid", strict=True)  # a misspelt field or `"activ
 
 
 class ImportBody(BaseModel):
-    """A PEFT folder on the server to register for `domain`, and whether to activate it."""
+    """A PEFT folder on the server to register for `domain`, whether to activate it, and whether to accept a
+    config naming another base model (`loradex.adapters.registry.validate`)."""
 
     model_config = _STRICT
 
     path: str = Field(..., min_length=1, description="a PEFT folder on the server")
     domain: str = Field(..., min_length=1)
     activate: bool = False
+    allow_other_base: bool = False
 
 
 class ActivateBody(BaseModel):
@@ -70,7 +72,8 @@ def import_adapter(body: ImportBody, state: State) -> dict[str, Any]:
     """Validate and register a PEFT folder (400 `adapter_refused` with the reason when it is refused)."""
     try:
         with state.admin_lock:
-            ref = state.project.registry.import_folder(Path(body.path), body.domain, activate=body.activate)
+            ref = state.project.registry.import_folder(Path(body.path), body.domain, activate=body.activate,
+                                                           other_base=body.allow_other_base)
     except (AdapterError, OSError) as e:
         raise ApiError(400, f"adapter refused: {e}", code="adapter_refused") from None
     return {"imported": ref.label, "active": body.activate}

@@ -131,8 +131,9 @@ def chunk_document(doc: ParsedDocument, count: Callable[[str], int], max_tokens:
             for s, e in _split_block(doc.text, block, count, max_tokens):
                 spans.append(Span(s, e, block.heading_path, block.page))
             continue
-        if group and tokens + n > max_tokens:
-            flush()
+        if group and (tokens + n > max_tokens or block.end - group[0].start > max_tokens * CHARS_PER_TOKEN):
+            flush()  # over the token bound, or a span over the character bound (text between blocks that no
+            # block holds, such as a 1 MB thematic break of `*`, is still inside the span)
         group.append(block)
         tokens += n
     flush()

@@ -23,6 +23,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 _TRAILING = re.compile(r"[ \t]+(?=\n|\u2028|$)")
 _WORD = re.compile(r"\w+(?:-\w+)*")
 _BROKEN_HEAD = re.compile(r"([^\W\d_][^\W_]*)-$")  # the word before a line-end hyphen: starts with a letter
+_LONGEST_WORD = 100  # a hyphen-broken "word" longer than this is no word: its end only is looked at (linear time)
 _TAIL = re.compile(r"\w+")
 _CLOSING = ".,;:!?)]}'\"’”"  # punctuation that stays with the word it follows
 
@@ -51,7 +52,9 @@ def _join_broken(left: str, right: str, vocab: set[str]) -> tuple[str, str] | No
     letter the hyphen is the typesetter's and goes, unless the hyphenated form is written elsewhere in the document
     and the joined one is not (a compound such as "self-service"); before a capital or a digit it is a compound's
     hyphen ("Anglo-Saxon", "COVID-19") and stays."""
-    head = _BROKEN_HEAD.search(left)
+    if not left.endswith("-"):
+        return None
+    head = _BROKEN_HEAD.search(left, max(len(left) - _LONGEST_WORD - 1, 0))  # from the start: quadratic in a long line
     right = right.lstrip()
     tail = _TAIL.match(right)
     if head is None or tail is None or not right[:1].isalpha() and not right[:1].isdigit():

@@ -130,10 +130,41 @@ def _blocks(tokens: list[Token], lines: list[str]) -> BlockBuilder:
     return out
 
 
+LONGEST_LINE = 4000  # characters: a longer line is cut into paragraphs before parsing (see `cut_long_lines`)
+
+
+def cut_long_lines(body: str, longest: int = LONGEST_LINE) -> tuple[str, list[str]]:
+    """`body` with every line over `longest` characters cut into paragraphs (blank lines between) of at most
+    `longest`, at the last whitespace before the bound where there is one, and a note for the document's
+    `unread` when any was cut. markdown-it's inline parser takes time superlinear in a paragraph's length on
+    runs of `[`, `<` or `#` (a 1 MB line of `<` took 40 s, one of `[` over 2 minutes); a line that long is no
+    prose anyway."""
+    if all(len(line) <= longest for line in body.split("\n")):
+        return body, []
+    out, cut = [], []
+    for line in body.split("\n"):
+        if len(line) > longest:
+            cut.append(len(line))
+            pieces = []
+            while len(line) > longest:
+                at = line.rfind(" ", longest // 2, longest)
+                at = longest if at < 0 else at
+                pieces.append(line[:at])
+                line = line[at:].lstrip(" ")
+            line = "\n\n".join([*pieces, line])
+        out.append(line)
+    note = (f"{len(cut)} line(s) over {longest:,} characters (the longest {max(cut):,}): cut into paragraphs of at "
+            f"most {longest:,} characters to parse them")
+    return "\n".join(out), [note]
+
+
 def parse_markdown(raw: str) -> ParsedDocument:
     """A Markdown file's decoded text as a document (see the module docstring); hyphen-broken words inside
-    paragraphs are joined, code and tables are left as written."""
+    paragraphs are joined, code and tables are left as written, lines over `LONGEST_LINE` are cut
+    (`cut_long_lines`)."""
     meta, body, notes = front_matter(normalize(raw).replace(HARD_BREAK, "\n"))
+    body, cut = cut_long_lines(body)
+    notes = [*notes, *cut]
     lines = body.split("\n")
     paragraphs = [range(*t.map) for t in _PARSER.parse(body) if t.type == "paragraph_open" and t.map]
     fixed = dehyphenate(lines, paragraphs, vocabulary(lines))

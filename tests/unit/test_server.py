@@ -180,7 +180,10 @@ def test_admin_endpoints_need_the_admin_key(served, tmp_path):
                               ("/admin/adapters/import", {"path": str(bad), "domain": "policy", "activate": "yes"},
                                "activate"),
                               ("/admin/documents/ingest", {"paths": "docs", "prune": False}, "paths"),
-                              ("/admin/documents/ingest", {"prune": 1}, "prune")):
+                              ("/admin/documents/ingest", {"prune": 1}, "prune"),
+                              ("/admin/documents/ingest", {"paths": ["docs", str(tmp_path)]}, "paths[1]"),
+                              ("/admin/documents/ingest", {"paths": ["docs/../../"]}, "paths[0]"),
+                              ("/admin/documents/ingest", {"paths": ["/etc"]}, "paths[0]")):
         r = httpx.post(running.url + path, headers=admin, json=body)  # misspelt or mistyped: refused, not ignored
         assert r.status_code == 400 and r.json()["error"]["param"] == field, (path, body, r.text)
     assert "does not take it" in httpx.post(running.url + "/admin/documents/ingest", headers=admin,

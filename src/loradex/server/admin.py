@@ -97,10 +97,19 @@ def rollback_adapter(domain: str, state: State) -> dict[str, Any]:
 
 @router.post("/documents/ingest")
 def ingest_documents(state: State, body: IngestBody | None = None) -> dict[str, Any]:
-    """Bring the index up to date with `paths` (default: the config's sources); the ingest report."""
+    """Bring the index up to date with `paths` (default: the config's sources); the ingest report. A path
+    outside the project folder is a 400 naming it: a key with admin rights must not index the server's own
+    files for every key to read."""
     from ..ingest.ingest import ingest
 
     body = body or IngestBody()
+    root = state.project.root.resolve()
+    for i, p in enumerate(body.paths or ()):
+        target = (root / p).resolve()  # an absolute `p` replaces root; `..` and links are resolved
+        if target != root and root not in target.parents:
+            raise ApiError(400, f"paths[{i}] ({p!r}) is outside the project folder: the server ingests only files "
+                           "under it (put the documents in the project's docs/)", code="outside_project",
+                           param=f"paths[{i}]")
     with state.admin_lock:
         report = ingest(state.project, body.paths or None, prune=body.prune)
     return report.to_dict()

@@ -234,13 +234,18 @@ def _format_error(path: Path, err: ValidationError) -> str:
 
 def load_config(path: Path) -> ProjectConfig:
     """The validated project file at `path`. Raises ConfigError naming the file (and each bad field) when it
-    is missing, not YAML, not a mapping, or fails validation."""
+    is missing, not UTF-8, not YAML, nested too deeply, not a mapping, or fails validation."""
     if not path.is_file():
         raise ConfigError(f"{path} not found: create a project with `loradex init {path.parent}`")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it "
+                          "as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read; a project file needs a few levels at most") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level")
     try:

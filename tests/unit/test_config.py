@@ -59,3 +59,14 @@ def test_metadata_by_globs(project_dir):
     assert meta.groups == ("staff", "audit")
     assert proj.meta_for("docs/billing/fees.md").domain == "billing"
     assert proj.meta_for("docs/other.md").domain is None
+
+
+def test_a_config_not_utf8_or_nested_too_deeply_names_the_file(tmp_path):
+    """Issue 20, kind 5: these gave a traceback, or an error that named no file."""
+    path = tmp_path / "loradex.yaml"
+    path.write_bytes(b"embedder: hashing\nname: caf\xe9\n")
+    with pytest.raises(ConfigError, match=rf"{path}: not UTF-8 text \(byte 0xe9 at offset 27\)"):
+        load_config(path)
+    path.write_text("metadata: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=rf"{path}: nested too deeply"):
+        load_config(path)

@@ -125,3 +125,27 @@ def test_a_long_line_without_a_hyphen_is_read_in_linear_time():
     text = "y" * 300_000 + "\nthen a line with an insur-\nance word.\n"
     doc = parse_bytes(text.encode(), "text")
     assert "y" * 300_000 in doc.text and "insurance" in doc.text and "insur-" not in doc.text
+
+
+def test_a_parser_that_fails_on_one_file_never_stops_the_others(project_dir, monkeypatch):
+    """A parser's own bug (any exception, a RecursionError too) skips that file with the reason; front matter
+    nested past Python's recursion limit is left out and reported, the document still read."""
+    from loradex.ingest import ingest as ingest_module
+    from loradex.ingest.ingest import ingest
+    from loradex.project import open_project
+
+    deep = "---\ntitle: " + "[" * 3000 + "]" * 3000 + "\n---\n\n# Deep\n\nThe body is still read.\n"
+    root = project_dir({"docs/a.md": "# A\n\nFine.\n", "docs/boom.md": "# Boom\n\nx\n", "docs/deep.md": deep})
+    real = ingest_module.parse_bytes
+
+    def parse(data, fmt):
+        if b"Boom" in data:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(data, fmt)
+
+    monkeypatch.setattr(ingest_module, "parse_bytes", parse)
+    report = ingest(open_project(root))
+    assert sorted(report.added) == ["docs/a.md", "docs/deep.md"]
+    assert report.skipped == [("docs/boom.md", "the markdown parser failed on it (RecursionError: maximum recursion "
+                                               "depth exceeded); please report this file")]
+    assert any("front matter" in what and "RecursionError" in what for _, what in report.unread)

@@ -274,6 +274,10 @@ def _changed(project: Project, files: list[Path], known: dict, report: IngestRep
         except ParseError as e:
             report.skipped.append((doc_id, str(e)))
             continue
+        except (Exception, RecursionError) as e:  # noqa: BLE001 - a parser's own bug: one file never stops the rest
+            report.skipped.append((doc_id, f"the {fmt} parser failed on it ({type(e).__name__}: {str(e)[:200]}); "
+                                           "please report this file"))
+            continue
         report.unread.extend((doc_id, what) for what in parsed.unread)
         yield PendingDoc(doc_id, doc_id, version, mtime, meta, parsed)
 

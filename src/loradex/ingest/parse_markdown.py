@@ -62,7 +62,7 @@ def front_matter(text: str) -> tuple[dict, str, list[str]]:
     raw = "\n".join(lines[1:end])
     try:
         data = yaml.safe_load(raw) if closers[0] == "---" else tomllib.loads(raw)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, RecursionError) as e:
         body = "\n".join(lines[end + 1:])
         return {}, body, [f"front matter (lines 1-{end + 1}) does not parse ({type(e).__name__}): not read; fix it"]
     if not isinstance(data, dict):

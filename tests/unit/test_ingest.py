@@ -144,6 +144,25 @@ def test_symbolic_links_are_reported_never_followed(project_dir, tmp_path):
     assert all(h.chunk.meta.groups == ("finance",) for h in finance if h.chunk.doc_id.startswith("docs/billing"))
 
 
+def test_a_full_prune_removes_documents_from_outside_the_project(project_dir, tmp_path):
+    """Before links were refused, a link indexed its target under the target's absolute path, and `--prune`
+    never removed it (issue 20, kind 2). A prune of the configured sources now leaves only their files; a prune
+    of named paths leaves outside documents alone."""
+    root = project_dir(DOCS, CONFIG)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nThe outside password is swordfish.\n")
+    proj = _open(root)
+    ingest(proj)
+    ingest(proj, [outside / "secret.md"])  # as an old link, or a file named on the command line, indexed it
+    secret = str(outside / "secret.md")
+    assert secret in proj.load_manifest()["documents"]
+    assert ingest(proj, ["docs/claims"], prune=True).removed == []
+    assert ingest(proj, prune=True).removed == [secret]
+    assert set(proj.load_manifest()["documents"]) == set(DOCS)
+    assert not any("swordfish" in h.chunk.text for h in _hits(proj, "outside password swordfish", k=20))
+
+
 def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_ingested(project_dir):
     """Issue 20, kind 3: one Latin-1 file name used to abort the whole run with a UnicodeEncodeError."""
     import os

@@ -229,7 +229,7 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
                                             project.config.chunking.max_tokens,
                                             on_commit=on_commit, progress=progress, total=len(pending))
         if prune:
-            _prune(project, roots, files, manifest, report)
+            _prune(project, roots, files, manifest, report, outside=paths is None)
         if manifest.get("chunker") != chunker and not any(r[0] in known for r in report.skipped):
             manifest["chunker"] = chunker  # every document is chunked the current way
             project.save_manifest(manifest)
@@ -282,12 +282,16 @@ def _changed(project: Project, files: list[Path], known: dict, report: IngestRep
         yield PendingDoc(doc_id, doc_id, version, mtime, meta, parsed)
 
 
-def _prune(project: Project, roots: list[Path], files: list[Path], manifest: dict, report: IngestReport) -> None:
+def _prune(project: Project, roots: list[Path], files: list[Path], manifest: dict, report: IngestReport, *,
+           outside: bool = False) -> None:
+    """Remove the documents under `roots` whose files are gone; with `outside` (a prune of the configured
+    sources), also every document from outside the project folder (an absolute id: named on the command line,
+    or reached through a link before links were refused) not read in this run."""
     present = {project.doc_id(f) for f in files}
     scopes = [project.doc_id(r) for r in roots]
     gone = [d for d in manifest["documents"]
-            if d not in present and any(d == s or d.startswith(s.rstrip("/") + "/") for s in scopes)
-            and not (project.root / d).exists()]
+            if d not in present and (any(d == s or d.startswith(s.rstrip("/") + "/") for s in scopes)
+                                     and not (project.root / d).exists() or outside and Path(d).is_absolute())]
     if gone:
         _remove(project, manifest, gone)
         report.removed.extend(gone)

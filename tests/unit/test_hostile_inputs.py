@@ -149,3 +149,39 @@ def test_a_parser_that_fails_on_one_file_never_stops_the_others(project_dir, mon
     assert report.skipped == [("docs/boom.md", "the markdown parser failed on it (RecursionError: maximum recursion "
                                                "depth exceeded); please report this file")]
     assert any("front matter" in what and "RecursionError" in what for _, what in report.unread)
+
+
+def test_an_interrupted_ingest_of_a_large_file_resumes_without_embedding_it_again(project_dir, monkeypatch):
+    """Issue 20, kind 3: a large file was all or nothing (a 300 MB one: one batch of about 2 hours of embedding,
+    lost on interrupt). Embeddings are committed to `.loradex/pending.sqlite` 256 at a time; the run after an
+    interrupt embeds only what is left, and the document reaches the store whole, once."""
+    from loradex.embed import HashingEmbedder
+    from loradex.ingest.ingest import ingest
+    from loradex.project import open_project
+
+    paragraphs = "\n\n".join(f"Paragraph {i} says the excess for claim type {i} is EUR {i}." for i in range(1500))
+    root = project_dir({"docs/big.md": f"# Big\n\n{paragraphs}\n", "docs/small.md": "# Small\n\nReport thefts.\n"},
+                       "chunking: {max_tokens: 16}\n")
+    real, embedded = HashingEmbedder.embed, []
+
+    def embed(self, texts):
+        if len(embedded) >= 1000:
+            raise KeyboardInterrupt  # the user presses Ctrl-C after 1,000 chunks (four slices of 256, minus one)
+        embedded.extend(texts)
+        return real(self, texts)
+
+    monkeypatch.setattr(HashingEmbedder, "embed", embed)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(open_project(root))
+    first = len(embedded)
+    assert 0 < first < 1500 and "docs/big.md" not in open_project(root).load_manifest().get("documents", {})
+    embedded.clear()
+    report = ingest(open_project(root))
+    chunks = open_project(root).load_manifest()["documents"]["docs/big.md"]["chunks"]
+    assert sorted(report.added) == ["docs/big.md", "docs/small.md"] and chunks >= 1500
+    assert report.reused_vectors == first and len(embedded) == chunks + 1 - first  # + the small file's chunk
+    assert len(open_project(root).store.chunks("docs/big.md")) == chunks
+    import sqlite3
+
+    db = sqlite3.connect(root / ".loradex/pending.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0  # stored now: nothing left pending

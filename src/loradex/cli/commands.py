@@ -39,6 +39,8 @@ def ingest(paths: list[Path] = typer.Argument(None, help="Files or folders (defa
         out.print(f"added {len(report.added)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
                   f"removed {len(report.removed)}, skipped {len(report.skipped)}; "
                   f"{report.chunks} chunks written in {report.seconds:.1f} s"
+                  + (f" ({report.reused_vectors} embeddings kept from an interrupted run)" if report.reused_vectors
+                     else "")
                   + (f"; {len(report.unread)} part(s) not read" if report.unread else ""))
         for path, reason in report.skipped:
             err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)

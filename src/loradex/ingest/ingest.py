@@ -22,6 +22,7 @@ from ..errors import IndexMismatch, ParseError, QueryError
 from ..types import Chunk, DocMeta, ParsedDocument, Source
 from .chunk import chunk_document
 from .parse import detect_format, parse_bytes
+from .pending import PendingEmbeddings
 
 CHUNKER_VERSION = 5  # 2: plain-text headings keep the document's title above their section; 3: normalised text,
 # layout-aware PDF paragraphs, every DOCX part, HTML parsed as browsers do, Markdown by CommonMark with front matter;
@@ -56,7 +57,8 @@ class PendingDoc:
 class IngestReport:
     """What one ingest run did, by document id; `skipped` pairs a path with the reason; `unread` pairs the path
     of a document that was indexed with one part of it that was not (an image-only page, a page header,
-    page furniture; `ParsedDocument.unread`); `seconds` is wall time."""
+    page furniture; `ParsedDocument.unread`); `reused_vectors` counts chunk embeddings an interrupted earlier
+    run had computed (`loradex.ingest.pending`); `seconds` is wall time."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
@@ -65,11 +67,13 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unread: list[tuple[str, str]] = field(default_factory=list)
     chunks: int = 0
+    reused_vectors: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-                "removed": self.removed, "chunks": self.chunks, "seconds": round(self.seconds, 3),
+                "removed": self.removed, "chunks": self.chunks, "reused_vectors": self.reused_vectors,
+                "seconds": round(self.seconds, 3),
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
                 "unread": [{"path": p, "part": what} for p, what in self.unread]}
 
@@ -98,8 +102,11 @@ def make_chunks(doc: PendingDoc, embedder: Embedder, max_tokens: int) -> list[Ch
 def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc], max_tokens: int,
                     *, batch_chunks: int = 256,
                     on_commit: Callable[[list[PendingDoc], list[Chunk]], None] | None = None,
-                    progress: Progress | None = None, total: int = 0) -> int:
-    """Chunk, embed and store documents in batches; each batch is one atomic store commit."""
+                    progress: Progress | None = None, total: int = 0,
+                    pending: PendingEmbeddings | None = None) -> int:
+    """Chunk, embed and store documents in batches; each batch is one atomic store commit. With `pending`,
+    vectors are committed to it a slice at a time as they are computed and dropped from it once stored, so an
+    interrupted run resumes its last batch (a large document is one batch) without embedding it again."""
     batch: list[PendingDoc] = []
     chunks: list[Chunk] = []
     done = stored = 0
@@ -108,8 +115,11 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
         nonlocal batch, chunks, done, stored
         if not batch:
             return
-        vectors = embedder.embed([c.search_text() for c in chunks])
+        texts = [c.search_text() for c in chunks]
+        vectors = pending.embed(texts) if pending is not None else embedder.embed(texts)
         store.replace([d.doc_id for d in batch], chunks, vectors)
+        if pending is not None:
+            pending.forget(texts)
         if on_commit:
             on_commit(batch, chunks)
         done += len(batch)
@@ -225,9 +235,14 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
             project.save_manifest(manifest)
 
         if pending:  # the embedder (a model load) is needed only when something changed
-            report.chunks = index_documents(project.store, project.embedder, pending,
-                                            project.config.chunking.max_tokens,
-                                            on_commit=on_commit, progress=progress, total=len(pending))
+            vectors = PendingEmbeddings(project.state_dir / "pending.sqlite", project.embedder)
+            try:
+                report.chunks = index_documents(project.store, project.embedder, pending,
+                                                project.config.chunking.max_tokens, on_commit=on_commit,
+                                                progress=progress, total=len(pending), pending=vectors)
+            finally:
+                report.reused_vectors = vectors.reused
+                vectors.close()
         if prune:
             _prune(project, roots, files, manifest, report, outside=paths is None)
         if manifest.get("chunker") != chunker and not any(r[0] in known for r in report.skipped):

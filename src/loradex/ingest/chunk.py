@@ -87,13 +87,14 @@ def _bounded(count: Callable[[str], int]) -> Callable[[str], int]:
 
 
 def _pack(text: str, spans: list[tuple[int, int]], count: Callable[[str], int], limit: int) -> list[tuple[int, int]]:
-    """Greedily merge consecutive spans while the merged text stays within `limit` tokens."""
+    """Greedily merge consecutive spans while the merged text stays within `limit` tokens and, whitespace
+    between them included, `limit * CHARS_PER_TOKEN` characters (300 nested list levels are mostly indent)."""
     out: list[tuple[int, int]] = []
     cur: tuple[int, int] | None = None
     cur_tokens = 0
     for s, e in spans:
         n = count(text[s:e])
-        if cur is not None and cur_tokens + n <= limit:
+        if cur is not None and cur_tokens + n <= limit and e - cur[0] <= limit * CHARS_PER_TOKEN:
             cur, cur_tokens = (cur[0], e), cur_tokens + n
         else:
             if cur is not None:

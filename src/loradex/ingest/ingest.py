@@ -27,8 +27,8 @@ from .pending import PendingEmbeddings
 CHUNKER_VERSION = 5  # 2: plain-text headings keep the document's title above their section; 3: normalised text,
 # layout-aware PDF paragraphs, every DOCX part, HTML parsed as browsers do, Markdown by CommonMark with front matter;
 # 4: text with no whitespace cut between characters (at most max_tokens * CHARS_PER_TOKEN characters a chunk);
-# 5: a chunk's span, text between its blocks included, within that bound too; Markdown lines over 4,000 characters
-# cut into paragraphs
+# 5: a chunk's span, text between its blocks and words included, within that bound too; Markdown lines over 4,000
+# characters cut into paragraphs
 
 if TYPE_CHECKING:
     from ..embed import Embedder

@@ -172,7 +172,7 @@ def _metadata(tree: Any) -> dict:
 
 def parse_html(raw: str) -> ParsedDocument:
     """A decoded HTML page as a document (see the module docstring). Raises ParseError when selectolax (the
-    `docs` extra) is not installed."""
+    `docs` extra) is not installed or the page nests elements past Python's recursion limit."""
     try:
         from selectolax.lexbor import LexborHTMLParser
     except ImportError:
@@ -180,7 +180,11 @@ def parse_html(raw: str) -> ParsedDocument:
     tree = LexborHTMLParser(raw)
     walker = _Walker()
     if tree.body is not None:
-        walker.visit(tree.body)
+        try:
+            walker.visit(tree.body)
+        except RecursionError:  # the walk is recursive: Python's limit, about 1,000 levels less the caller's
+            raise ParseError("HTML nested too deeply to read (elements inside elements past about 900 levels; "
+                             "real pages nest a few dozen): fix or flatten the page") from None
         walker.flush()
     unread = [f"page furniture left out: {', '.join(f'{kind} ({n} words)' for kind, n in walker.left_out.items())}"
               ] if walker.left_out else []

@@ -278,3 +278,22 @@ def test_a_streamed_line_that_repeats_an_earlier_one_is_never_sent(project_dir, 
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text.strip() == "Fee: none [1]\n1. Call us. [1]\n2. Pick a day. [1]"
     assert chunks[-1].model_extra["repeated"] == ["Pick a day. [1]", "Pick a day. [1]"]  # kept out of the answer
+
+
+def test_a_version_without_its_manifest_gets_no_server_error_on_any_route(served):
+    """Issue 20, kind 1: deleting a registered version's manifest.json gave a 500 on three routes."""
+    proj, ref, running = served
+    (ref.path / "manifest.json").unlink()
+    admin, user = {"Authorization": "Bearer admin-key"}, {"Authorization": "Bearer user-key"}
+    assert httpx.get(running.url + "/v1/models", headers=user).status_code == 200
+    listed = httpx.get(running.url + "/admin/adapters", headers=admin)
+    assert listed.status_code == 200 and "manifest.json is missing" in listed.text
+    for model in (f"claims@{ref.version[:12]}", "claims", "auto"):
+        r = httpx.post(running.url + "/v1/chat/completions", headers=user,
+                       json={"model": model, "messages": [{"role": "user", "content": "police report stolen bike"}]})
+        assert r.status_code < 500, (model, r.text)
+        if r.status_code != 200:
+            assert "manifest.json is missing" in r.json()["error"]["message"], r.text
+    r = httpx.post(running.url + "/admin/adapters/claims/activate", headers=admin, json={"version": ref.version})
+    assert r.status_code == 400 and "manifest.json is missing" in r.json()["error"]["message"]
+    assert httpx.get(running.url + "/health").status_code == 200

@@ -177,6 +177,16 @@ def test_unknown_fields_and_parts_are_refused_never_ignored(client):
     _refused(client, "stream_options.include_obfuscation", stream=True, stream_options={"include_obfuscation": True})
 
 
+def test_a_boolean_written_as_a_string_is_refused_not_read_as_true_or_false(client):
+    """Issue 20, kind 4: `"stream": "no"` streamed and `"retrieval": "false"` kept retrieval on; OpenAI refuses
+    a string where its schema has a boolean, and so does loradex, naming the field."""
+    assert "valid boolean" in _refused(client, "stream", extra_body={"stream": "no"})["message"]
+    _refused(client, "loradex.retrieval", extra_body={"loradex": {"retrieval": "false"}})
+    _refused(client, "stream_options.include_usage", stream=True, stream_options={"include_usage": "yes"})
+    _refused(client, "loradex.k", extra_body={"loradex": {"k": 10**9}})
+    _refused(client, "messages[0].content", messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}])
+
+
 # conversations ------------------------------------------------------------------------------------------------
 
 def test_history_and_system_message_reach_the_prompt_and_the_follow_up_is_routed(client, served):  # handed

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ..conversation import Conversation, split_messages
 from ..errors import QueryError
@@ -125,8 +125,8 @@ class StreamOptions(BaseModel):
     """`stream_options`: `include_usage` adds a last chunk with the usage and no choices."""
 
     model_config = _FORBID
-    include_usage: bool = False
-    include_obfuscation: bool = False
+    include_usage: StrictBool = False
+    include_obfuscation: StrictBool = False
 
 
 class ResponseFormat(BaseModel):
@@ -141,7 +141,7 @@ class LoradexOptions(BaseModel):
     """loradex's own options for one request: `retrieval: false` is adapter only; `k` sources in the prompt."""
 
     model_config = _FORBID
-    retrieval: bool = True
+    retrieval: StrictBool = True
     k: int | None = Field(None, ge=1, le=20)
 
 
@@ -151,7 +151,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = _FORBID
     model: str = Field(..., min_length=1, description="auto, base, a domain, or domain@version")
     messages: list[ChatMessage] = Field(..., min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)

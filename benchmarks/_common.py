@@ -6,6 +6,7 @@ rich progress bars on stderr, latency statistics, Markdown tables, machine facts
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as dt
 import hashlib
@@ -138,6 +139,18 @@ def latency_summary(seconds: Sequence[float]) -> dict:
     ms = np.asarray(seconds, dtype=np.float64) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
             "mean_ms": round(float(ms.mean()), 3), "n": int(ms.size)}
+
+
+def index_args(description: str, out_name: str) -> argparse.ArgumentParser:
+    """A parser with the options every SciFact index benchmark takes: --max-tokens, --seed, --embedder, --json
+    and --out (default `results/<out_name>`); the benchmark adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--max-tokens", type=int, default=220, help="chunk bound in embedder tokens (default 220)")
+    p.add_argument("--seed", type=int, default=0, help="seed of any sample the benchmark draws (default 0)")
+    p.add_argument("--embedder", default="all-minilm-l6-v2", help="embedder name (default all-minilm-l6-v2)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the tables")
+    p.add_argument("--out", default=str(RESULTS / out_name), help="where to write the JSON result")
+    return p
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -154,14 +154,9 @@ def render(result: dict) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-tokens", type=int, default=220, help="chunk bound in embedder tokens (default 220)")
+    p = C.index_args(__doc__.split("\n\n")[0], "scifact.json")
     p.add_argument("--candidates", type=int, default=300, help="chunks per retriever, and k (default 300)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate a random sample of N test queries")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
-    p.add_argument("--embedder", default="all-minilm-l6-v2", help="embedder name (default all-minilm-l6-v2)")
-    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
-    p.add_argument("--out", default=str(C.RESULTS / "scifact.json"), help="where to write the JSON result")
+    p.add_argument("--limit", type=int, default=0, help="evaluate a random sample of N test queries (--seed)")
     return p.parse_args()
 
 

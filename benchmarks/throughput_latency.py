@@ -353,15 +353,10 @@ def render(result: dict) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-tokens", type=int, default=220, help="chunk bound in embedder tokens (default 220)")
+    p = C.index_args(__doc__.split("\n\n")[0], "throughput_latency.json")  # --seed: the raw sample, synthetic data
     p.add_argument("--raw-chunks", type=int, default=2000, help="chunks re-embedded raw, whole batches (0 = all)")
     p.add_argument("--synthetic", type=int, default=100_000, help="chunks in the synthetic index (0 = skip)")
     p.add_argument("--batch-rows", type=int, default=5000, help="rows per store.replace when building it")
-    p.add_argument("--seed", type=int, default=0, help="seed of the raw-batch sample and the synthetic data")
-    p.add_argument("--embedder", default="all-minilm-l6-v2", help="embedder name (default all-minilm-l6-v2)")
-    p.add_argument("--json", action="store_true", help="print the JSON result instead of the tables")
-    p.add_argument("--out", default=str(C.RESULTS / "throughput_latency.json"), help="where to write the JSON result")
     return p.parse_args()
 
 

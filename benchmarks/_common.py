@@ -153,6 +153,16 @@ def index_args(description: str, out_name: str) -> argparse.ArgumentParser:
     return p
 
 
+def finish(result: dict, load: LoadMonitor, args: argparse.Namespace, render: Callable[[dict], str]) -> None:
+    """Add the machine's load and wall time to `result`, write it to `args.out` as JSON, and print the tables
+    (the JSON with `args.json`)."""
+    result["machine_load"] = load.report()
+    result["wall_seconds"] = result["machine_load"]["wall_seconds"]
+    path = write_json(Path(args.out), result)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    STDERR.print(f"wrote {path} ({result['wall_seconds']} s)")
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         if v is None:

@@ -18,12 +18,10 @@ Data: ../shared/data/scifact beside the repository root, or $LORADEX_DATA/scifac
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import _common as C
 from loradex.config import RetrievalConfig
@@ -176,12 +174,8 @@ def main() -> None:
                            "document_markdown": "# {title}\\n\\n{text}",
                            "ndcg": "graded, gain = qrels score, discount log2(rank+1) (BEIR/trec_eval)",
                            "doc_aggregation": "max score: first occurrence of a doc_id in chunk rank order"},
-              "index": index, "runs": runs, "published_ndcg@10": C.PUBLISHED_NDCG10,
-              "machine_load": load.report()}
-    result["wall_seconds"] = result["machine_load"]["wall_seconds"]
-    path = C.write_json(Path(args.out), result)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    C.STDERR.print(f"wrote {path} ({result['wall_seconds']} s)")
+              "index": index, "runs": runs, "published_ndcg@10": C.PUBLISHED_NDCG10}
+    C.finish(result, load, args, render)
 
 
 if __name__ == "__main__":

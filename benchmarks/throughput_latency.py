@@ -27,7 +27,6 @@ Data: ../shared/data/scifact beside the repository root, or $LORADEX_DATA/scifac
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import tempfile
 import time
@@ -403,11 +402,7 @@ def main() -> None:
                           "raw_chunks": args.raw_chunks, "synthetic": args.synthetic, "batch_rows": args.batch_rows,
                           "seed": args.seed, "queries": len(texts), "warmup_queries": 5,
                           "retrieval": RetrievalConfig().model_dump()}
-    result["machine_load"] = load.report()
-    result["wall_seconds"] = result["machine_load"]["wall_seconds"]
-    path = C.write_json(Path(args.out), result)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    C.STDERR.print(f"wrote {path} ({result['wall_seconds']} s)")
+    C.finish(result, load, args, render)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from .train import (
     prepare_examples,
     train_lora,
     training_record,
+    with_label,
     with_replay,
 )
 
@@ -43,6 +44,7 @@ def prepare_job(project: Project, domain: str, examples: list[Example], settings
     """Write the training job for `domain` under `dest` (created); returns job.json's content. Raises DataError
     for an example longer than `settings.max_seq_len` (checked here, not on the other machine)."""
     dest = Path(dest)
+    settings = with_label(project, domain, settings)
     data_hash = data_sha256(examples)
     built, context = prepare_examples(project, domain, examples, settings)
     tokens = check_lengths(project.base_model_dir, built, settings, system_message(project.config.name))

@@ -16,13 +16,14 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import replace_dir, write_text
 from ..errors import ConfigError
 from ..prompt import system_message
+from .batches import batches, eval_loss, label_token_weights, weighted_loss
 from .data import Example, data_sha256, encode_examples
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ class TrainSettings:
                                       "with the answer in their sources).")
     distractor_pool: int = _setting(12, "Hits retrieved per question, the supporting passages and the "
                                         "distractors are drawn from.")
+    label_weight: float = _setting(1.0, "Loss weight of the answer's label tokens (the domain format's `label`, "
+                                        "e.g. the Covered: verdict) against 1 for the other answer tokens "
+                                        "(loradex.adapters.batches says why).")
+    label_pattern: str | None = _setting(None, "The label's regular expression (first group); filled in from the "
+                                               "domain's format when label_weight is not 1.")
 
 
 @dataclass
@@ -86,32 +92,6 @@ def split_holdout(examples: list[Example], fraction: float, seed: int) -> tuple[
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(examples) * fraction))
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
-
-
-def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int, torch, device: Any = "cpu"):
-    for s in range(0, len(rows), size):
-        chunk = rows[s : s + size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (x, y) in enumerate(chunk):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
-        yield ids.to(device), labels.to(device), mask.to(device)
-
-
-def _eval_loss(model, rows, settings: TrainSettings, pad: int, torch) -> float:
-    model.eval()
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for ids, labels, mask in _batches(rows, settings.batch_size, pad, torch, next(model.parameters()).device):
-            n = int((labels[:, 1:] != -100).sum())
-            total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
-            tokens += n
-    model.train()
-    return total / max(tokens, 1)
 
 
 def run_id(data_hash: str, settings: TrainSettings, base_sha: str) -> str:
@@ -170,7 +150,7 @@ class _Run:
     def evaluate_and_keep(self, step: int, torch) -> bool:
         """Held-out loss; saves the adapter if it is the best so far. True: stop early."""
         state, t_eval = self.state, time.perf_counter()
-        loss = _eval_loss(self.model, self.eval_rows, self.settings, self.pad, torch)
+        loss = eval_loss(self.model, self.eval_rows, self.settings.batch_size, self.pad, torch)
         state["eval_seconds"] = state.get("eval_seconds", 0.0) + time.perf_counter() - t_eval
         state["history"].append({"step": step, "eval_loss": loss})
         if state["best_eval"] is None or loss < state["best_eval"]:
@@ -193,8 +173,11 @@ def _start(model_dir: Path, examples: list[Example], work_dir: Path, settings: T
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     system = system_message(project_name)
     train_ex, eval_ex = split_holdout(examples, settings.eval_fraction, settings.seed)
-    train_rows = encode_examples(tokenizer, train_ex, system, settings.max_seq_len)
+    train_rows: list = encode_examples(tokenizer, train_ex, system, settings.max_seq_len)
     eval_rows = encode_examples(tokenizer, eval_ex, system, settings.max_seq_len)
+    if settings.label_weight != 1 and settings.label_pattern:  # loradex.adapters.batches says why
+        train_rows = [(x, y, label_token_weights(tokenizer, x, y, settings.label_pattern, settings.label_weight))
+                      for x, y in train_rows]
     steps_per_epoch = math.ceil(len(train_rows) / settings.batch_size)
     total = min(settings.max_steps or 10**9, steps_per_epoch * settings.epochs)
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -232,12 +215,13 @@ def _resume(run: _Run, ckpt: Path, torch) -> None:
     run.scheduler.load_state_dict(opt["scheduler"])
 
 
-def _step(run: _Run, ids, labels, mask, torch) -> float:
-    """One optimizer step on one batch; returns its loss."""
-    out = run.model(input_ids=ids, attention_mask=mask, labels=labels)
-    out.loss.backward()
-    loss = out.loss.item()
-    del out  # the logits (batch x length x vocabulary) would otherwise live through the next forward
+def _step(run: _Run, ids, labels, mask, weights, torch) -> float:
+    """One optimizer step on one batch (its loss weighted by `weights` when given); returns its loss."""
+    out = run.model(input_ids=ids, attention_mask=mask, labels=None if weights is not None else labels)
+    loss_t = weighted_loss(out.logits, labels, weights, torch) if weights is not None else out.loss
+    loss_t.backward()
+    loss = loss_t.item()
+    del out, loss_t  # the logits (batch x length x vocabulary) would otherwise live through the next forward
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
     run.optimizer.step()
     run.scheduler.step()
@@ -255,8 +239,8 @@ def _loop(run: _Run, ckpt: Path, t_start: float, progress: Progress | None, torc
         random.Random(settings.seed + epoch).shuffle(order)
         rows = [run.train_rows[i] for i in order]
         device = next(run.model.parameters()).device
-        for ids, labels, mask in list(_batches(rows, settings.batch_size, run.pad, torch, device))[offset:]:
-            loss = _step(run, ids, labels, mask, torch)
+        for ids, labels, mask, weights in list(batches(rows, settings.batch_size, run.pad, torch, device))[offset:]:
+            loss = _step(run, ids, labels, mask, weights, torch)
             state["step"] += 1
             state["train_tokens"] += int(mask.sum())
             state["history"].append({"step": state["step"], "loss": loss})
@@ -332,6 +316,20 @@ def training_record(settings: TrainSettings, metrics: dict, data_hash: str, base
             "system_message_sha256": hashlib.sha256(system.encode()).hexdigest(), "created_at": time.time()}
 
 
+def with_label(project: Project, domain: str, settings: TrainSettings) -> TrainSettings:
+    """`settings` with `label_pattern` taken from the domain's format when `label_weight` is not 1 and no
+    pattern is set. Raises ConfigError when the domain's format has no `label`."""
+    if settings.label_weight == 1 or settings.label_pattern:
+        return settings
+    dom = project.config.domains.get(domain)
+    fmt = project.config.formats.get(dom.format) if dom is not None and dom.format else None
+    if fmt is None or not fmt.label:
+        raise ConfigError(f"--label-weight needs the answer's label: domain {domain!r} has no format with a `label` "
+                          "in loradex.yaml (formats.<name>.label, e.g. '^Covered: (YES|NO)'); add one, or leave "
+                          "--label-weight at 1")
+    return replace(settings, label_pattern=fmt.label)
+
+
 def prepare_examples(project: Project, domain: str, examples: list[Example],
                      settings: TrainSettings) -> tuple[list[Example], ContextReport | None]:
     """The examples as training will see them: with sources from the project's index when `settings.context`
@@ -376,6 +374,7 @@ def train(project: Project, domain: str, examples: list[Example], settings: Trai
     from .registry import check_name
 
     check_name(domain)
+    settings = with_label(project, domain, settings)
     registry = project.registry
     base_dir = project.base_model_dir
     data_hash = data_sha256(examples)

@@ -17,7 +17,7 @@ from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out,
 
 adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
 _FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "target_modules", "batch_size", "max_seq_len", "save_every",
-          "replay", "context", "context_k", "gold_share", "distractor_pool")
+          "replay", "context", "context_k", "gold_share", "distractor_pool", "label_weight")
 
 
 def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),

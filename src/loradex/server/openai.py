@@ -244,8 +244,8 @@ class _SlotStream(StreamingResponse):
                 group.start_soon(watch)
                 try:
                     await self.stream_response(send)
-                except OSError:  # the client went away as a chunk was sent
-                    self.slot.release()
+                except OSError:  # the client went away as a chunk was sent: `finally` gives the slot back
+                    pass
                 group.cancel_scope.cancel()
         finally:
             self.slot.release()

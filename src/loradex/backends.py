@@ -16,6 +16,7 @@ __all__ = ["EMBEDDERS", "ENGINES", "STORES", "load"]
 STORES = {
     "lancedb": "loradex.store.lancedb:LanceStore",
     "memory": "loradex.testing:MemoryStore",
+    "pgvector": "loradex.store.pgvector:PgVectorStore",
 }
 ENGINES = {  # each names a function (project) -> Engine, so an engine reads its own settings
     "local": "loradex.engine.local:from_project",

@@ -75,9 +75,21 @@ class AnswerConfig(_Model):
 
 class StoreConfig(_Model):
     backend: str = Field("lancedb", description="Store backend; 'lancedb' is embedded and needs no server.")
-    uri: str | None = Field(None, description="Where the store lives; default .loradex/lancedb in the project.")
+    uri: str | None = Field(None, description=(
+        "Where the store lives: default .loradex/lancedb in the project; for 'pgvector' a PostgreSQL URL "
+        "without a password, postgresql://user@host:5432/database."))
+    password_env: str | None = Field(None, description=(
+        "The environment variable holding the store server's password ('pgvector'); never write it in this file."))
 
     _backend = field_validator("backend")(_known(STORES, "store backend"))
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value and re.match(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", value, re.IGNORECASE):
+            raise ValueError("the URL holds a password: remove it and name the environment variable that holds "
+                             "it in store.password_env")
+        return value
 
 
 class FormatCheck(_Model):

@@ -85,7 +85,8 @@ class Project:
     def _open_store(self, reset: bool = False) -> Store:
         from .store import open_store
 
-        return open_store(self.config.store.backend, self.store_uri, self.embedder.dim, reset=reset)
+        cfg = self.config.store
+        return open_store(cfg.backend, self.store_uri, self.embedder.dim, reset=reset, password_env=cfg.password_env)
 
     @cached_property
     def base_model_dir(self) -> Path:

@@ -56,9 +56,16 @@ def backend(request):
 
 
 @pytest.fixture
-def make(backend, tmp_path):
+def make(backend, tmp_path, request):
+    """Opens the backend's store called `name` for this test: a folder under tmp_path, or for `pgvector` a
+    database of its own on the session's PostgreSQL server (`tests/conftest.py`)."""
+    def where(name):
+        if backend == "pgvector":
+            return request.getfixturevalue("postgres").database(str(tmp_path / name))
+        return tmp_path / name
+
     def make(name="db", dim=DIM, reset=False):
-        return open_store(backend, tmp_path / name, dim, reset=reset)
+        return open_store(backend, where(name), dim, reset=reset)
     return make
 
 

@@ -32,9 +32,10 @@ class Store(Protocol):
         similarity in [-1, 1]. Raises StoreError when `vector` has another dimension than the index."""
 
     def search_text(self, text: str, k: int, filters: Filters = Filters()) -> list[tuple[Chunk, float]]:
-        """The `k` best keyword matches for `text` under `filters`, best first, each with its BM25 score
-        (>= 0, unbounded); [] for a blank text or an empty store. `text` is matched as words, never as a
-        query language, so quotes and operators in it are plain characters."""
+        """The `k` best keyword matches for `text` under `filters`, best first, each with its keyword score
+        (>= 0, unbounded: BM25 in `lancedb` and `memory`, PostgreSQL's ts_rank in `pgvector`); [] for a blank
+        text or an empty store. `text` is matched as words, never as a query language, so quotes and operators
+        in it are plain characters."""
 
     def chunks(self, doc_id: str) -> list[Chunk]:
         """Every chunk of one document, in order (ordinal ascending); [] for an unknown id."""
@@ -47,10 +48,13 @@ class Store(Protocol):
         complete without it, only slower."""
 
 
-def open_store(backend: str, uri: str | Path, dim: int, *, reset: bool = False) -> Store:
+def open_store(backend: str, uri: str | Path, dim: int, *, reset: bool = False,
+               password_env: str | None = None) -> Store:
     """Open (or create) the store of `backend` at `uri` for `dim`-dimensional vectors; `reset=True` drops
-    everything it held first. Raises StoreError for an unknown backend, IndexMismatch when the index at
-    `uri` holds vectors of another dimension."""
+    everything it held first; `password_env` names the environment variable holding a server's password
+    (`pgvector`). Raises StoreError for an unknown backend or a server that cannot be reached, IndexMismatch
+    when the index at `uri` holds vectors of another dimension."""
     from ..backends import STORES, load
 
-    return load(STORES, backend, "store backend", StoreError)(uri, dim, reset=reset)
+    cls = load(STORES, backend, "store backend", StoreError)
+    return cls(uri, dim, reset=reset, **({"password_env": password_env} if password_env else {}))

@@ -1,0 +1,74 @@
+"""The PostgreSQL + pgvector store behind a whole project, on a real server the tests start
+(`tests/conftest.py::postgres`): the same commands as the embedded store, the password only from the
+environment, and errors that name the server, never the password. The Store contract itself runs on it in
+`tests/contract/test_store.py`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loradex.config import ProjectConfig
+from loradex.errors import StoreError
+from loradex.store import open_store
+
+from ..conftest import write_project
+from .test_cli import run
+from .test_ingest import CONFIG, DOCS
+
+SECRET = "s3cret-Pa55_word"
+
+
+def _pg_project(project_dir, url: str, extra: str = ""):
+    return project_dir(DOCS, CONFIG + f"store:\n  backend: pgvector\n  uri: {url}\n{extra}")
+
+
+def test_a_project_ingests_and_searches_on_postgres_as_on_the_embedded_store(project_dir, postgres, tmp_path):
+    pg = _pg_project(project_dir, postgres.database(str(tmp_path)))
+    r = run("ingest", "-p", pg, "--json")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["added"]) == len(DOCS)
+    embedded = write_project(tmp_path / "embedded", DOCS, CONFIG)  # the same documents on the default store
+    assert run("ingest", "-p", embedded).exit_code == 0
+    for query in ("police within 24 hours", "returned payment fee"):
+        got = [json.loads(run("search", query, "-p", p, "--json", "-k", "1").stdout)["hits"][0]["source"]["path"]
+               for p in (pg, embedded)]
+        assert got[0] == got[1], (query, got)
+    assert run("docs", "rm", "docs/claims/theft.txt", "-p", pg).exit_code == 0
+    hits = json.loads(run("search", "police within 24 hours", "-p", pg, "--json").stdout)["hits"]
+    assert all(h["source"]["path"] != "docs/claims/theft.txt" for h in hits)
+    again = json.loads(run("ingest", "-p", pg, "--json").stdout)  # the removed file is still on disk: back
+    assert again["added"] == ["docs/claims/theft.txt"]
+
+
+def test_a_password_in_the_config_is_refused_and_the_variable_named_instead():
+    with pytest.raises(ValueError, match="password_env"):
+        ProjectConfig.model_validate({"store": {"backend": "pgvector", "uri": f"postgresql://me:{SECRET}@db/x"}})
+    ok = ProjectConfig.model_validate({"store": {"backend": "pgvector", "uri": "postgresql://me@db:5432/x",
+                                                 "password_env": "LORADEX_PG_PASSWORD"}})
+    assert ok.store.password_env == "LORADEX_PG_PASSWORD"
+
+
+def test_the_password_comes_from_the_environment_and_never_shows(postgres, tmp_path, monkeypatch):
+    url = postgres.password_user("loradex_pw", SECRET, str(tmp_path))
+    monkeypatch.setenv("LDX_TEST_PG", SECRET)
+    store = open_store("pgvector", url, 8, password_env="LDX_TEST_PG")
+    assert store.count() == 0
+    monkeypatch.setenv("LDX_TEST_PG", SECRET + "-wrong")
+    with pytest.raises(StoreError) as wrong:
+        open_store("pgvector", url, 8, password_env="LDX_TEST_PG")
+    monkeypatch.delenv("LDX_TEST_PG")
+    with pytest.raises(StoreError, match="LDX_TEST_PG.*not set") as unset:
+        open_store("pgvector", url, 8, password_env="LDX_TEST_PG")
+    for e in (wrong, unset):
+        assert SECRET not in str(e.value) and f"host {postgres.socket_dir}" in str(e.value)
+    assert "password" in str(wrong.value) and e.value.__cause__ is None
+
+
+def test_an_unreachable_server_is_a_clear_error_in_the_cli(project_dir, monkeypatch):
+    monkeypatch.setenv("LDX_TEST_PG", SECRET)
+    root = _pg_project(project_dir, "postgresql://loradex@127.0.0.1:1/loradex", "  password_env: LDX_TEST_PG\n")
+    r = run("ingest", "-p", root)
+    assert r.exit_code != 0
+    assert "cannot connect to PostgreSQL (host 127.0.0.1, port 1, database loradex)" in r.output
+    assert "Traceback" not in r.output and SECRET not in r.output

@@ -188,6 +188,12 @@ class MemoryStore:
         with self._lock:
             return [c for c, _, _ in self._docs.get(doc_id, [])]
 
+    def export(self, doc_id: str) -> tuple[list[Chunk], np.ndarray]:
+        with self._lock:
+            rows = list(self._docs.get(doc_id, []))
+        vectors = np.stack([v for _, v, _ in rows]) if rows else np.zeros((0, self.dim), np.float32)
+        return [c for c, _, _ in rows], vectors.astype(np.float32)
+
     def count(self) -> int:
         with self._lock:
             return sum(len(rows) for rows in self._docs.values())

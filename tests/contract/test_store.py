@@ -183,6 +183,23 @@ def test_replace_is_atomic_under_a_concurrent_reader(make):
     assert s.chunks("theft.md") == CORPUS["theft.md"]
 
 
+def test_export_gives_each_document_back_with_its_vectors(store, make):
+    for doc_id, chunks in CORPUS.items():
+        got, vectors = store.export(doc_id)
+        assert got == chunks and vectors.dtype == np.float32 and vectors.shape == (len(chunks), DIM)
+        want = EMB.embed([c.search_text() for c in chunks])
+        cos = (vectors * want).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(want, axis=1)
+        assert np.allclose(cos, 1.0, atol=1e-5)
+    nothing, empty = store.export("never-stored.md")
+    assert nothing == [] and empty.shape == (0, DIM)
+    copy = make("copy")  # what export gives, replace takes: the same searches on the copy
+    for doc_id in CORPUS:
+        copy.replace([doc_id], *store.export(doc_id))
+    v = EMB.embed(["police theft"])[0]
+    assert [c for c, _ in copy.search_vector(v, 3)] == [c for c, _ in store.search_vector(v, 3)]
+    assert copy.count() == store.count()
+
+
 def test_delete(store):
     store.delete(["fees.md", "policy.md", "never-stored.md"])
     assert store.chunks("fees.md") == [] and store.chunks("policy.md") == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from loradex.config import ProjectConfig
@@ -72,3 +73,84 @@ def test_an_unreachable_server_is_a_clear_error_in_the_cli(project_dir, monkeypa
     assert r.exit_code != 0
     assert "cannot connect to PostgreSQL (host 127.0.0.1, port 1, database loradex)" in r.output
     assert "Traceback" not in r.output and SECRET not in r.output
+
+
+# ---- loradex migrate ------------------------------------------------------------------------------------
+
+def _many_docs(n: int) -> dict[str, str]:
+    return {f"docs/claims/note-{i:04d}.md": f"# Note {i}\n\nClaim note {i}: the adjuster visits within {i % 9 + 1} "
+            f"days; word{i} is this note's own word.\n" for i in range(n)}
+
+
+def test_migrate_copies_the_index_without_embedding_again_and_a_rerun_copies_nothing(project_dir, postgres,
+                                                                                     tmp_path):
+    from loradex.migrate import migrate
+    from loradex.project import open_project
+    from loradex.retrieve import search
+
+    from .test_ingest import CountingEmbedder
+
+    root = project_dir(DOCS, CONFIG)
+    assert run("ingest", "-p", root).exit_code == 0
+    url = postgres.database(str(tmp_path / "dest"))
+    embedder = CountingEmbedder()
+    proj = open_project(root, embedder=embedder)
+    report = migrate(proj, url, batch_chunks=3)
+    assert embedder.texts == 0 and report.verified and report.copied_documents == len(DOCS)
+    assert report.chunks == proj.store.count() and report.resumed_documents == 0
+    again = migrate(proj, url)
+    assert again.copied_documents == 0 and again.resumed_documents == len(DOCS) and again.verified
+    on_pg = open_project(root, store=open_store("pgvector", url, proj.embedder.dim), embedder=embedder)
+    for query in ("police within 24 hours", "returned payment fee", "storm roof"):
+        a = search(proj.store, proj.embedder, query, proj.config.retrieval, k=3)
+        b = search(on_pg.store, on_pg.embedder, query, on_pg.config.retrieval, k=3)
+        assert [h.chunk.chunk_id for h in a][:1] == [h.chunk.chunk_id for h in b][:1], query
+
+
+def test_migrate_survives_a_kill_and_resumes_where_it_stopped(project_dir, postgres, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from loradex.migrate import state_path
+    from loradex.project import open_project
+
+    n = 400
+    root = project_dir(_many_docs(n), CONFIG)
+    assert run("ingest", "-p", root).exit_code == 0
+    url = postgres.database(str(tmp_path / "dest"))
+    state = state_path(open_project(root), url)
+    proc = subprocess.Popen([sys.executable, "-m", "loradex.cli", "migrate", "--to", url, "--batch-chunks", "2",
+                             "-p", str(root), "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file():
+            try:
+                done = len(json.loads(state.read_text())["done"])
+            except ValueError:
+                done = 0  # read while being replaced
+            if done >= n // 10:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.005)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and n // 10 <= done < n, (proc.returncode, done)
+    r = run("migrate", "--to", url, "-p", root, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["verified"] and report["copied_documents"] + report["resumed_documents"] == n
+    assert report["resumed_documents"] >= done - 1 and report["copied_documents"] <= n - done + 1
+    source = open_project(root).store
+    dest = open_store("pgvector", url, source.dim)
+    assert dest.count() == source.count() == report["chunks"]
+    for doc_id in list(_many_docs(n))[:: n // 20]:
+        (a, va), (b, vb) = source.export(doc_id), dest.export(doc_id)
+        assert a == b and np.allclose(va, vb, atol=1e-6)
+
+
+def test_migrate_refuses_a_url_holding_a_password(project_dir):
+    root = project_dir(DOCS, CONFIG)
+    r = run("migrate", "--to", f"postgresql://me:{SECRET}@db:5432/x", "-p", root)
+    assert r.exit_code != 0 and "password_env" in r.output and SECRET not in r.output

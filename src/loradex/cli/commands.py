@@ -211,3 +211,34 @@ def _print_sources(result: Answer) -> None:
         out.print(f"    [dim]{s.quote}[/]", highlight=False)
     t = result.timings_ms
     out.print(f"[dim]retrieve {t['retrieve']:.0f} ms, generate {t['generate']:.0f} ms, verify {t['verify']:.0f} ms[/]")
+
+
+def migrate(to: str = typer.Option(..., "--to", help="PostgreSQL URL without a password: "
+                                   "postgresql://user@host:5432/database."),
+            password_env: Optional[str] = typer.Option(None, help="Environment variable holding the password."),
+            batch_chunks: int = typer.Option(512, min=1, help="Chunks copied per transaction."),
+            reset: bool = typer.Option(False, help="Empty the destination first and start over."),
+            project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Copy the project's index into PostgreSQL + pgvector without embedding again; resumable; verified."""
+    from pydantic import ValidationError
+
+    from ..config import StoreConfig
+    from ..errors import ConfigError
+    from ..migrate import migrate as run_migrate
+
+    try:
+        StoreConfig(backend="pgvector", uri=to, password_env=password_env)  # refuses a URL holding a password
+    except ValidationError as e:  # its own text would repeat the URL, password and all
+        raise ConfigError("--to: " + e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    proj = open_checked(project)
+    with progress("copying", "chunks", disable=as_json) as update:
+        report = run_migrate(proj, to, password_env=password_env, batch_chunks=batch_chunks, reset=reset,
+                             progress=update)
+    if as_json:
+        emit(report.to_dict())
+        return
+    out.print(f"copied {report.copied_documents} documents ({report.copied_chunks} chunks) to {report.destination} "
+              f"in {report.seconds:.1f} s; {report.resumed_documents} were already there; verified: "
+              f"{report.chunks} chunks, every document's chunk ids equal", highlight=False)
+    env = f"\n  password_env: {password_env}" if password_env else ""
+    out.print(f"to use it, set in loradex.yaml:\nstore:\n  backend: pgvector\n  uri: {to}{env}", highlight=False)

@@ -40,6 +40,11 @@ class Store(Protocol):
     def chunks(self, doc_id: str) -> list[Chunk]:
         """Every chunk of one document, in order (ordinal ascending); [] for an unknown id."""
 
+    def export(self, doc_id: str) -> tuple[list[Chunk], np.ndarray]:
+        """Every chunk of one document in order, with its vectors, shape (n, dim) float32, as stored (a backend
+        may keep the unit vector of what `replace` was given); `([], (0, dim))` for an unknown id. For copying
+        an index into another store without embedding again (`loradex migrate`)."""
+
     def count(self) -> int:
         """Number of chunks stored."""
 

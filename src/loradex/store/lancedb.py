@@ -145,6 +145,12 @@ class LanceStore:
         rows = self.table.search().where(f"doc_id = {_quote(doc_id)}").limit(1_000_000).to_list()
         return sorted((_chunk(r) for r in rows), key=lambda c: c.ordinal)
 
+    def export(self, doc_id: str) -> tuple[list[Chunk], np.ndarray]:
+        rows = self.table.search().where(f"doc_id = {_quote(doc_id)}").limit(1_000_000).to_list()
+        rows.sort(key=lambda r: r["ordinal"])
+        vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
+        return [_chunk(r) for r in rows], vectors
+
     def count(self) -> int:
         return self.table.count_rows()
 

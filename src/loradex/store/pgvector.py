@@ -26,7 +26,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -104,11 +107,24 @@ class PgVectorStore:
         self._kwargs = kwargs
         with self._connect() as conn:
             self._prepare(conn, reset)
-        from pgvector.psycopg import register_vector
-        from psycopg_pool import ConnectionPool
+        self._local = threading.local()
+        self._open: list[Any] = []  # every thread's connection, closed by `close` or when the store is collected
+        self._open_lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._open)
 
-        self.pool = ConnectionPool(self.uri, min_size=1, max_size=4, kwargs=kwargs, configure=register_vector,
-                                   open=True, name="loradex-store")
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """This thread's connection (one per thread: a search never sees another thread's open transaction)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            from pgvector.psycopg import register_vector
+
+            conn = self._connect()
+            register_vector(conn)
+            self._local.conn = conn
+            with self._open_lock:
+                self._open[:] = [c for c in self._open if not c.closed] + [conn]
+        yield conn
 
     def _connect(self):
         import psycopg
@@ -139,7 +155,9 @@ class PgVectorStore:
         conn.execute(_schema(self.dim))
 
     def close(self) -> None:
-        self.pool.close()
+        """Close every connection this store opened (a later call opens new ones)."""
+        with self._open_lock:
+            _close_all(self._open)
 
     # ---- writes ---------------------------------------------------------------------------------------
     def _rows(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> list[tuple]:
@@ -158,7 +176,7 @@ class PgVectorStore:
         cols = ", ".join(("chunk_id", "doc_id", "ordinal", "text", "search_text", "path", "page", "heading_path",
                           "start_char", "end_char", "doc_version", "doc_mtime", "domain", "tags", "groups", "title",
                           "embedding"))
-        with self.pool.connection() as conn, conn.transaction():
+        with self._conn() as conn, conn.transaction():
             conn.execute(f"DELETE FROM {TABLE} WHERE doc_id = ANY(%s::text[])", (list(doc_ids),))
             with conn.cursor().copy(f"COPY {TABLE} ({cols}) FROM STDIN") as copy:
                 for row in rows:
@@ -166,11 +184,11 @@ class PgVectorStore:
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
-            with self.pool.connection() as conn:
+            with self._conn() as conn:
                 conn.execute(f"DELETE FROM {TABLE} WHERE doc_id = ANY(%s::text[])", (list(doc_ids),))
 
     def build_indexes(self) -> None:
-        with self.pool.connection() as conn:
+        with self._conn() as conn:
             conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_doc ON {TABLE} (doc_id)")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_tsv ON {TABLE} USING gin (tsv)")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_hnsw ON {TABLE} USING hnsw "
@@ -185,7 +203,7 @@ class PgVectorStore:
         where, params = where_clause(filters)
         sql = (f"SELECT {', '.join(COLUMNS)}, embedding <=> %s AS distance FROM {TABLE} WHERE {where} "
                "ORDER BY embedding <=> %s LIMIT %s")
-        with self.pool.connection() as conn, conn.transaction():
+        with self._conn() as conn, conn.transaction():
             conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(40, 2 * k), 1000):d}")
             rows = conn.execute(sql, [vector, *params, vector, k]).fetchall()
@@ -200,20 +218,34 @@ class PgVectorStore:
         where, params = where_clause(filters)
         sql = (f"SELECT {', '.join(COLUMNS)}, ts_rank(tsv, q, 1) AS score FROM {TABLE}, ({'SELECT ' + query} AS q) "
                f"AS query WHERE numnode(q) > 0 AND tsv @@ q AND {where} ORDER BY score DESC, chunk_id LIMIT %s")
-        with self.pool.connection() as conn:
+        with self._conn() as conn:
             rows = conn.execute(sql, [*words, *params, k]).fetchall()
         return [(_chunk(r), float(r[-1])) for r in rows]
 
     def chunks(self, doc_id: str) -> list[Chunk]:
-        with self.pool.connection() as conn:
+        with self._conn() as conn:
             rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE doc_id = %s ORDER BY ordinal",
                                 (doc_id,)).fetchall()
         return [_chunk(r) for r in rows]
 
+    def export(self, doc_id: str) -> tuple[list[Chunk], np.ndarray]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {', '.join(COLUMNS)}, embedding FROM {TABLE} WHERE doc_id = %s "
+                                "ORDER BY ordinal", (doc_id,)).fetchall()
+        vectors = np.array([r[-1].to_numpy() if hasattr(r[-1], "to_numpy") else r[-1] for r in rows],
+                           dtype=np.float32).reshape(len(rows), self.dim)
+        return [_chunk(r) for r in rows], vectors
+
     def count(self) -> int:
-        with self.pool.connection() as conn:
+        with self._conn() as conn:
             row = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
         return int(row[0]) if row else 0
+
+
+def _close_all(conns: list) -> None:
+    for c in conns:
+        c.close()
+    conns.clear()
 
 
 def _chunk(r: Sequence) -> Chunk:

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 from ..atomic import write_text
 from ..prompt import system_message
 from .data import Example, data_sha256
+from .distributed import current
 from .registry import adapter_version
+from .replay import with_replay
 from .train import (
     TrainSettings,
     check_lengths,
@@ -31,7 +33,6 @@ from .train import (
     train_lora,
     training_record,
     with_label,
-    with_replay,
 )
 
 if TYPE_CHECKING:
@@ -69,12 +70,15 @@ def run_job(job_dir: Path, model_dir: Path) -> Path:
     examples = [Example(tuple(r["messages"]), r["line"]) for r in
                 map(json.loads, (job_dir / "examples.jsonl").read_text().splitlines())]
     system = system_message(job["project_name"])
-    mixed = with_replay(examples, settings, system, job_dir / "replay", job["base_model"]["sha256"], model_dir)
+    mixed = with_replay(examples, settings.replay, settings.seed, system, job_dir / "replay",
+                        job["base_model"]["sha256"], model_dir)
     result = train_lora(model_dir, mixed, job_dir / "work", settings, job["project_name"])
+    out = job_dir / "adapter"
+    if not current().main:  # under torchrun only rank 0 writes the adapter
+        return out
     result.metrics["replay_examples"] = len(mixed) - len(examples)
     if job["context"] is not None:
         result.metrics["context"] = job["context"]
-    out = job_dir / "adapter"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(result.adapter_dir, out)
     record = training_record(settings, result.metrics, job["training_data_sha256"], model_dir, system)
@@ -89,6 +93,8 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path, help="the base model as a Hugging Face folder")
     args = parser.parse_args()
     out = run_job(args.job_dir, args.model_dir)
+    if not current().main:
+        return
     print(json.dumps({"adapter": str(out), "metrics": json.loads((out / "manifest.json").read_text())["metrics"]}))
 
 

@@ -123,3 +123,24 @@ def mix_replay(examples: list[Example], pairs: list[tuple[str, str]], share: flo
     extra = [Example(({"role": "user", "content": p}, {"role": "assistant", "content": a}), start + i)
              for i, (p, a) in enumerate(chosen)]
     return list(examples) + extra
+
+
+def with_replay(examples: list[Example], share: float, seed: int, system: str, cache: Path | None, base_sha: str,
+                base_dir: Path) -> list[Example]:
+    """`examples` with `share` of general prompts answered greedily by the bare base model in `base_dir`
+    (cached per base model and system message under `cache`). Across processes (`loradex.adapters.distributed`)
+    rank 0 answers them first and the others then read its cache."""
+    if share <= 0:
+        return examples
+    import torch
+
+    from ..engine.local import LocalEngine
+    from .distributed import current
+
+    dist = current()
+    if not dist.main:
+        dist.barrier(torch)  # rank 0 is writing the cache
+    pairs = base_answers(None, system, cache, base_sha, engine_factory=lambda: LocalEngine(base_dir))
+    if dist.main:
+        dist.barrier(torch)
+    return mix_replay(examples, pairs, share, seed)

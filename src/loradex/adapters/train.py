@@ -25,6 +25,8 @@ from ..errors import ConfigError
 from ..prompt import system_message
 from .batches import batches, eval_loss, label_token_weights, weighted_loss
 from .data import Example, data_sha256, encode_examples
+from .distributed import Dist, current
+from .replay import with_replay
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -53,7 +55,8 @@ class TrainSettings:
         ("q_proj", "k_proj", "v_proj", "o_proj"),
         "Linear layers that get LoRA weights (comma-separated on the command line; a Llama's linear layers are "
         "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).")
-    batch_size: int = _setting(4, "Examples per step.")
+    batch_size: int = _setting(4, "Examples per optimizer step; under torchrun the global batch, split between "
+                                  "the processes (a multiple of their number).")
     max_seq_len: int = _setting(2048, "Tokens per example, prompt and answer; a longer example is refused, never "
                                       "cut (4 sources of answer.passage_chars 1600 take about 1,300).")
     eval_fraction: float = _setting(0.1, "Share of the examples held out for the evaluation loss.")
@@ -144,6 +147,8 @@ class _Run:
     total: int
     steps_per_epoch: int
     best_dir: Path
+    dist: Dist
+    ddp: Any  # the model as the forward pass sees it: DistributedDataParallel across processes, else `model`
     state: dict = field(default_factory=lambda: {"step": 0, "best_eval": None, "bad_epochs": 0, "history": [],
                                                  "train_tokens": 0, "seconds": 0.0})
 
@@ -155,8 +160,9 @@ class _Run:
         state["history"].append({"step": step, "eval_loss": loss})
         if state["best_eval"] is None or loss < state["best_eval"]:
             state.update(best_eval=loss, best_step=step, bad_epochs=0)
-            shutil.rmtree(self.best_dir, ignore_errors=True)
-            self.model.save_pretrained(self.best_dir)
+            if self.dist.main:
+                shutil.rmtree(self.best_dir, ignore_errors=True)
+                self.model.save_pretrained(self.best_dir)
         else:
             state["bad_epochs"] += 1
         return state["bad_epochs"] >= self.settings.patience
@@ -184,12 +190,13 @@ def _start(model_dir: Path, examples: list[Example], work_dir: Path, settings: T
     _check_targets(base, settings.target_modules, torch)
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora).to("cuda" if torch.cuda.is_available() else "cpu")
+    dist = current()
+    model = get_peft_model(base, lora).to(dist.device(torch))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(settings.warmup_steps, total), total)
     return _Run(settings, model, optimizer, scheduler, train_rows, eval_rows, pad, total, steps_per_epoch,
-                work_dir / "best")
+                work_dir / "best", dist, dist.wrap(model, torch))
 
 
 def _check_targets(base, names: tuple[str, ...], torch) -> None:
@@ -217,10 +224,10 @@ def _resume(run: _Run, ckpt: Path, torch) -> None:
 
 def _step(run: _Run, ids, labels, mask, weights, torch) -> float:
     """One optimizer step on one batch (its loss weighted by `weights` when given); returns its loss."""
-    out = run.model(input_ids=ids, attention_mask=mask, labels=None if weights is not None else labels)
+    out = run.ddp(input_ids=ids, attention_mask=mask, labels=None if weights is not None else labels)
     loss_t = weighted_loss(out.logits, labels, weights, torch) if weights is not None else out.loss
-    loss_t.backward()
-    loss = loss_t.item()
+    loss_t.backward()  # across processes, DDP averages the gradients here
+    loss = run.dist.sum(loss_t.item(), torch) / run.dist.world
     del out, loss_t  # the logits (batch x length x vocabulary) would otherwise live through the next forward
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
     run.optimizer.step()
@@ -237,12 +244,13 @@ def _loop(run: _Run, ckpt: Path, t_start: float, progress: Progress | None, torc
         epoch, offset = divmod(state["step"], run.steps_per_epoch)
         order = list(range(len(run.train_rows)))
         random.Random(settings.seed + epoch).shuffle(order)
-        rows = [run.train_rows[i] for i in order]
+        rows = run.dist.shard([run.train_rows[i] for i in order], settings.batch_size)  # all rows in one process
         device = next(run.model.parameters()).device
-        for ids, labels, mask, weights in list(batches(rows, settings.batch_size, run.pad, torch, device))[offset:]:
+        size = settings.batch_size // run.dist.world
+        for ids, labels, mask, weights in list(batches(rows, size, run.pad, torch, device))[offset:]:
             loss = _step(run, ids, labels, mask, weights, torch)
             state["step"] += 1
-            state["train_tokens"] += int(mask.sum())
+            state["train_tokens"] += int(run.dist.sum(float(mask.sum()), torch))
             state["history"].append({"step": state["step"], "loss": loss})
             if progress:
                 progress(state["step"], run.total, loss)
@@ -250,7 +258,7 @@ def _loop(run: _Run, ckpt: Path, t_start: float, progress: Progress | None, torc
             end_of_epoch = state["step"] % run.steps_per_epoch == 0
             if end_of_epoch or last:
                 stopped_early = run.evaluate_and_keep(state["step"], torch)
-            if state["step"] % settings.save_every == 0 or end_of_epoch or last or stopped_early:
+            if run.dist.main and (state["step"] % settings.save_every == 0 or end_of_epoch or last or stopped_early):
                 state["seconds"] = time.perf_counter() - t_start
                 _save_checkpoint(run.model, run.optimizer, run.scheduler, state, ckpt, torch)
             if last or stopped_early:
@@ -265,7 +273,7 @@ def _metrics(run: _Run, resumed_from: int, stopped_early: bool, seconds: float) 
             "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
             "stopped_early": stopped_early, "resumed_from_step": resumed_from,
             "train_examples": len(run.train_rows), "eval_examples": len(run.eval_rows),
-            "train_tokens": state["train_tokens"], "seconds": round(seconds, 1),
+            "train_tokens": state["train_tokens"], "processes": run.dist.world, "seconds": round(seconds, 1),
             "eval_seconds": round(state.get("eval_seconds", 0.0), 1),
             "tokens_per_s": round(state["train_tokens"] / seconds, 1) if seconds > 0 else None}
 
@@ -287,23 +295,11 @@ def train_lora(model_dir: Path, examples: list[Example], work_dir: Path, setting
     t_start = time.perf_counter() - run.state["seconds"]
     stopped_early = _loop(run, ckpt, t_start, progress, torch)
     seconds = time.perf_counter() - t_start
-    plot_losses(run.state["history"], run.best_dir / "loss_curve.png")
     metrics = _metrics(run, resumed_from, stopped_early, seconds)
-    write_text(work_dir / "result.json", json.dumps({"metrics": metrics, "history": run.state["history"]}))
+    if run.dist.main:
+        plot_losses(run.state["history"], run.best_dir / "loss_curve.png")
+        write_text(work_dir / "result.json", json.dumps({"metrics": metrics, "history": run.state["history"]}))
     return TrainResult(metrics, run.best_dir, run.state["history"])
-
-
-def with_replay(examples: list[Example], settings: TrainSettings, system: str, cache: Path | None, base_sha: str,
-                base_dir: Path) -> list[Example]:
-    """`examples` with the replay share of general prompts answered greedily by the bare base model in
-    `base_dir` (cached per base model and system message under `cache`)."""
-    if settings.replay <= 0:
-        return examples
-    from ..engine.local import LocalEngine
-    from .replay import base_answers, mix_replay
-
-    pairs = base_answers(None, system, cache, base_sha, engine_factory=lambda: LocalEngine(base_dir))
-    return mix_replay(examples, pairs, settings.replay, settings.seed)
 
 
 def training_record(settings: TrainSettings, metrics: dict, data_hash: str, base_dir: Path, system: str) -> dict:
@@ -365,11 +361,12 @@ def context_summary(report: ContextReport, path: Path) -> dict:
 
 
 def train(project: Project, domain: str, examples: list[Example], settings: TrainSettings, *,
-          progress: Progress | None = None, activate: bool = False) -> tuple[AdapterRef, dict]:
+          progress: Progress | None = None, activate: bool = False) -> tuple[AdapterRef | None, dict]:
     """Train an adapter for `domain` from `examples`, register it (and activate it when asked); returns the
     new version and its training metrics. With `settings.context` (the default) each example first gets
     sources from the project's index (`prepare_examples`); `metrics["context"]` counts what was built and
-    names the report of the reference sentences no source supports. Raises AdapterError for an invalid
+    names the report of the reference sentences no source supports. Under `torchrun` every process trains
+    (`loradex.adapters.distributed`) and only rank 0 registers: the others get None. Raises AdapterError for an invalid
     domain name and DataError for an example longer than `settings.max_seq_len` (`check_lengths`)."""
     from .registry import check_name
 
@@ -383,8 +380,11 @@ def train(project: Project, domain: str, examples: list[Example], settings: Trai
     system = system_message(project.config.name)
     tokens = check_lengths(base_dir, examples, settings, system)
     n_domain = len(examples)
-    examples = with_replay(examples, settings, system, project.state_dir / "replay", registry.base["sha256"], base_dir)
+    examples = with_replay(examples, settings.replay, settings.seed, system, project.state_dir / "replay",
+                           registry.base["sha256"], base_dir)
     result = train_lora(base_dir, examples, work, settings, project.config.name, progress)
+    if not current().main:  # under torchrun only rank 0 registers the adapter
+        return None, result.metrics
     result.metrics.update(replay_examples=len(examples) - n_domain, tokens=tokens)
     if context is not None:
         result.metrics["context"] = context_summary(context, work / "context_report.json")

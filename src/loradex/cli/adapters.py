@@ -16,8 +16,9 @@ from ..adapters.train import TrainSettings
 from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out, progress
 
 adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
-_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "target_modules", "batch_size", "max_seq_len", "save_every",
-          "replay", "context", "context_k", "gold_share", "distractor_pool", "label_weight")
+_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "target_modules", "batch_size", "max_seq_len",
+          "eval_fraction", "save_every", "seed", "replay", "context", "context_k", "gold_share", "distractor_pool",
+          "label_weight")
 
 
 def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
@@ -52,9 +53,13 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
                       f"with `python -m loradex.adapters.remote {prepare} MODEL_DIR`, then `loradex adapters import "
                       f"{prepare}/adapter --domain {domain}`", highlight=False)
         return
-    with progress("training", "steps", disable=as_json, loss="-") as update:
+    from ..adapters.distributed import current
+
+    with progress("training", "steps", disable=as_json or not current().main, loss="-") as update:
         ref, metrics = run_train(proj, domain, examples, train_settings, activate=activate,
                                  progress=lambda step, total, loss: update(step, total, loss=f"{loss:.3f}"))
+    if ref is None:  # another process of a torchrun: rank 0 reports
+        return
     if as_json:
         emit({"adapter": ref.label, "version": ref.version, "path": str(ref.path), "active": activate,
               "duplicates_dropped": dupes, "metrics": metrics})

@@ -86,7 +86,8 @@ class StoreConfig(_Model):
     @field_validator("uri")
     @classmethod
     def _no_password(cls, value: str | None) -> str | None:
-        if value and re.match(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", value, re.IGNORECASE):
+        in_userinfo = re.match(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", value or "", re.IGNORECASE)
+        if in_userinfo or re.search(r"(^|[?&\s])password\s*=", value or "", re.IGNORECASE):
             raise ValueError("the URL holds a password: remove it and name the environment variable that holds "
                              "it in store.password_env")
         return value

@@ -43,8 +43,11 @@ def test_a_project_ingests_and_searches_on_postgres_as_on_the_embedded_store(pro
 
 
 def test_a_password_in_the_config_is_refused_and_the_variable_named_instead():
-    with pytest.raises(ValueError, match="password_env"):
-        ProjectConfig.model_validate({"store": {"backend": "pgvector", "uri": f"postgresql://me:{SECRET}@db/x"}})
+    for uri in (f"postgresql://me:{SECRET}@db/x", f"postgresql://me@db:5432/x?sslmode=require&password={SECRET}",
+                f"host=db user=me password={SECRET} dbname=x", f"postgres://me@db/x?PASSWORD = {SECRET}"):
+        with pytest.raises(ValueError, match="password_env") as e:
+            ProjectConfig.model_validate({"store": {"backend": "pgvector", "uri": uri}})
+        assert SECRET not in str(e.value.errors()[0]["msg"])
     ok = ProjectConfig.model_validate({"store": {"backend": "pgvector", "uri": "postgresql://me@db:5432/x",
                                                  "password_env": "LORADEX_PG_PASSWORD"}})
     assert ok.store.password_env == "LORADEX_PG_PASSWORD"

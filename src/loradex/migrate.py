@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +41,6 @@ class MigrateReport:
     chunks: int = 0
     seconds: float = 0.0
     verified: bool = False
-    problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -117,15 +116,17 @@ def migrate(project: Project, uri: str, *, backend: str = "pgvector", password_e
 
 
 def _verify(source: Store, dest: Store, doc_ids: list[str], report: MigrateReport) -> None:
+    """Set `report.chunks` and `report.verified`; raises StoreError naming the first differences."""
+    problems = []
     for doc_id in doc_ids:
         want = [c.chunk_id for c in source.chunks(doc_id)]
         got = [c.chunk_id for c in dest.chunks(doc_id)]
         if want != got:
-            report.problems.append(f"{doc_id}: {len(got)} chunks in the destination, {len(want)} in the source")
-    report.chunks = dest.count()
-    if report.chunks != source.count():
-        report.problems.append(f"the destination holds {report.chunks} chunks, the source {source.count()}: it "
-                               "holds documents the project no longer has; run again with --reset")
-    report.verified = not report.problems
-    if report.problems:
-        raise StoreError("the copy does not match the source: " + "; ".join(report.problems[:5]))
+            problems.append(f"{doc_id}: {len(got)} chunks in the destination, {len(want)} in the source")
+    report.chunks, expected = dest.count(), source.count()
+    if report.chunks != expected:
+        problems.append(f"the destination holds {report.chunks} chunks, the source {expected}: it holds documents "
+                        "the project no longer has; run again with --reset")
+    if problems:
+        raise StoreError("the copy does not match the source: " + "; ".join(problems[:5]))
+    report.verified = True

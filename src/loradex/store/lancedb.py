@@ -141,13 +141,16 @@ class LanceStore:
             query = query.where(where, prefilter=True)
         return query.limit(k).to_list()
 
-    def chunks(self, doc_id: str) -> list[Chunk]:
+    def _doc_rows(self, doc_id: str) -> list[dict]:
+        """One document's rows, in ordinal order."""
         rows = self.table.search().where(f"doc_id = {_quote(doc_id)}").limit(1_000_000).to_list()
-        return sorted((_chunk(r) for r in rows), key=lambda c: c.ordinal)
+        return sorted(rows, key=lambda r: r["ordinal"])
+
+    def chunks(self, doc_id: str) -> list[Chunk]:
+        return [_chunk(r) for r in self._doc_rows(doc_id)]
 
     def export(self, doc_id: str) -> tuple[list[Chunk], np.ndarray]:
-        rows = self.table.search().where(f"doc_id = {_quote(doc_id)}").limit(1_000_000).to_list()
-        rows.sort(key=lambda r: r["ordinal"])
+        rows = self._doc_rows(doc_id)
         vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
         return [_chunk(r) for r in rows], vectors
 

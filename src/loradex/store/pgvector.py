@@ -41,6 +41,7 @@ TABLE = "loradex_chunks"
 MAX_QUERY_WORDS = 64
 COLUMNS = ("chunk_id", "doc_id", "ordinal", "text", "path", "page", "heading_path", "start_char", "end_char",
            "doc_version", "doc_mtime", "domain", "tags", "groups", "title")
+WRITTEN = (*COLUMNS, "search_text", "embedding")  # what `replace` writes, in `_rows` order
 _WORD = re.compile(r"\w+")
 
 
@@ -161,24 +162,22 @@ class PgVectorStore:
 
     # ---- writes ---------------------------------------------------------------------------------------
     def _rows(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> list[tuple]:
+        """One tuple a chunk, its values in `WRITTEN` order."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(chunks), self.dim):  # else a (1, 2*dim) array would pass as two vectors
             raise StoreError(f"expected vectors of shape ({len(chunks)}, {self.dim}), got {vectors.shape}")
-        return [(c.chunk_id, c.doc_id, c.ordinal, c.text, c.search_text(), c.source.path, c.source.page,
+        return [(c.chunk_id, c.doc_id, c.ordinal, c.text, c.source.path, c.source.page,
                  json.dumps(list(c.source.heading_path)), c.source.start, c.source.end, c.doc_version, c.doc_mtime,
-                 c.meta.domain, list(c.meta.tags), list(c.meta.groups), c.meta.title, v)
+                 c.meta.domain, list(c.meta.tags), list(c.meta.groups), c.meta.title, c.search_text(), v)
                 for c, v in zip(chunks, vectors)]
 
     def replace(self, doc_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         if not doc_ids:
             return
         rows = self._rows(chunks, vectors)
-        cols = ", ".join(("chunk_id", "doc_id", "ordinal", "text", "search_text", "path", "page", "heading_path",
-                          "start_char", "end_char", "doc_version", "doc_mtime", "domain", "tags", "groups", "title",
-                          "embedding"))
         with self._conn() as conn, conn.transaction():
             conn.execute(f"DELETE FROM {TABLE} WHERE doc_id = ANY(%s::text[])", (list(doc_ids),))
-            with conn.cursor().copy(f"COPY {TABLE} ({cols}) FROM STDIN") as copy:
+            with conn.cursor().copy(f"COPY {TABLE} ({', '.join(WRITTEN)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
 
@@ -222,16 +221,17 @@ class PgVectorStore:
             rows = conn.execute(sql, [*words, *params, k]).fetchall()
         return [(_chunk(r), float(r[-1])) for r in rows]
 
-    def chunks(self, doc_id: str) -> list[Chunk]:
+    def _doc_rows(self, doc_id: str, extra: str = "") -> list:
+        """One document's rows (`COLUMNS`, then `extra` columns), in ordinal order."""
         with self._conn() as conn:
-            rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE doc_id = %s ORDER BY ordinal",
-                                (doc_id,)).fetchall()
-        return [_chunk(r) for r in rows]
+            return conn.execute(f"SELECT {', '.join(COLUMNS)}{extra} FROM {TABLE} WHERE doc_id = %s "
+                                "ORDER BY ordinal", (doc_id,)).fetchall()
+
+    def chunks(self, doc_id: str) -> list[Chunk]:
+        return [_chunk(r) for r in self._doc_rows(doc_id)]
 
     def export(self, doc_id: str) -> tuple[list[Chunk], np.ndarray]:
-        with self._conn() as conn:
-            rows = conn.execute(f"SELECT {', '.join(COLUMNS)}, embedding FROM {TABLE} WHERE doc_id = %s "
-                                "ORDER BY ordinal", (doc_id,)).fetchall()
+        rows = self._doc_rows(doc_id, ", embedding")
         vectors = np.array([r[-1].to_numpy() if hasattr(r[-1], "to_numpy") else r[-1] for r in rows],
                            dtype=np.float32).reshape(len(rows), self.dim)
         return [_chunk(r) for r in rows], vectors

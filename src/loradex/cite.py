@@ -1,8 +1,9 @@
 """Citation parsing and verification: does each cited passage support the sentence that cites it?
 
 A citation `[n]` is kept only if source n exists; it is *verified* when the cited passage supports the
-sentence: every number in the sentence appears in the passage, and either a run of words is quoted
-from it or most of the sentence's content words occur in it. A cited sentence no cited passage
+sentence: every number in the sentence appears in the passage, either a run of words is quoted from it or
+most of the sentence's content words occur in it, and the two agree in polarity (a sentence that says "not"
+where the passage's matching sentence does not, or the reverse, is unsupported). A cited sentence no cited passage
 supports is flagged, with the other sources that would support it, if any. Lexical checks only: this
 module does no entailment and says so in each reason.
 """
@@ -110,6 +111,10 @@ def sentences(text: str) -> list[str]:
 
 _FIELD_LABEL = re.compile(r"^\s*[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:\s+")  # "Why: ", "Next steps: "
 _NEGATIONS = frozenset({"no", "not", "never", "nor"})  # "covered" and "not covered" are two claims
+_CLAUSE = re.compile(r"[,;:]|\b(?:and|but|or|while|whereas|unless|except)\b", re.IGNORECASE)
+_EXCLUDES = re.compile(r"\bexclu(?:ded|des|de|sions?)\b|\bnot covered\b", re.IGNORECASE)
+_HEADINGS = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
+_NEGATION = re.compile(r"\b(?:no(?!-)|not|never|nor|cannot)\b|n't\b|n’t\b", re.IGNORECASE)
 NEAR_REPEAT = 0.85  # content-word similarity (difflib ratio) at which two sentences count as one repeated
 NEAR_MIN_WORDS = 5  # below this many content words only an exact repeat counts
 
@@ -223,9 +228,36 @@ def _longest_run(claim: list[str], passage: list[str]) -> tuple[int, int]:
     return m.size, m.b + m.size
 
 
-def _best_sentence(claim_words: set[str], passage: str) -> str:
-    scored = [(len(claim_words & set(content_words(s))), s) for s in sentences(passage)]
-    return max(scored, default=(0, passage[:200]))[1][:240]
+def _region(claim_words: set[str], passage: str) -> str:
+    """The sentence of `passage` sharing the most content words with the claim (the first on ties)."""
+    scored = [(len(claim_words & set(content_words(s))), -i, s) for i, s in enumerate(sentences(passage))]
+    return max(scored, default=(0, 0, passage[:200]))[2]
+
+
+def negated(text: str) -> bool:
+    """Whether `text` says no, not, never, nor, cannot or n't (`no-claims` is a name, not a negation)."""
+    return bool(_NEGATION.search(text))
+
+
+def _polarity(claim: str, claim_words: set[str], passage: str) -> str | None:
+    """Why the claim and the place in `passage` that it matches disagree in polarity, or None: a negated claim
+    whose best-matching sentence has no negation ("carry no excess" against "carry an excess of EUR 500"), nor
+    says "excluded", nor sits under a markdown heading that does ("## Exclusions"), or a
+    claim without one whose best-matching clause of that sentence is negated ("cover theft" against "do not
+    cover theft"). A lexical stand-in for the contradiction an entailment model would catch."""
+    region = _region(claim_words, passage)
+    if negated(claim):
+        at = passage.find(region)
+        heading = _HEADINGS.findall(passage[: max(at, 0)])
+        if negated(region) or _EXCLUDES.search(region) or (heading and _EXCLUDES.search(heading[-1])):
+            return None  # "not covered" against an item of a list headed "Exclusions"
+    else:  # the clause it matches: "you pay no excess and your no-claims discount is protected" supports the latter
+        clauses = [c for c in _CLAUSE.split(region) if c.strip()] or [region]
+        matched = max(clauses, key=lambda c: len(claim_words & set(content_words(c))))
+        if not negated(matched):
+            return None
+    said, unsaid = ("the sentence", "its source") if negated(claim) else ("its source", "the sentence")
+    return f"{said} is negated where {unsaid} is not: {region[:160]!r}"
 
 
 @lru_cache(maxsize=4096)
@@ -237,17 +269,20 @@ def support(claim: str, passage: str) -> Support:
         return Support(False, f"number {sorted(missing)[0]} does not appear in the source")
     claim_tokens = _WORD.findall(claim.lower())
     passage_tokens = _WORD.findall(passage.lower())
+    words = set(content_words(claim))
     run, end = _longest_run(claim_tokens, passage_tokens)
-    if run >= min(MIN_QUOTE_WORDS, len(claim_tokens)) and run > 0:
+    quoted = run >= min(MIN_QUOTE_WORDS, len(claim_tokens)) and run > 0
+    overlap = len(words & set(content_words(passage))) / len(words) if words else 0.0
+    if (quoted or overlap >= MIN_OVERLAP) and (contrary := _polarity(claim, words, passage)):
+        return Support(False, contrary, strength=0.0)
+    if quoted:
         return Support(True, f"quotes {run} words of the source", " ".join(passage_tokens[end - run : end]),
                        run / len(claim_tokens))
-    words = set(content_words(claim))
     if not words:
         return Support(False, "the sentence has no content words to check")
-    overlap = len(words & set(content_words(passage))) / len(words)
     if overlap >= MIN_OVERLAP:
         return Support(True, f"{overlap:.0%} of its content words are in the source",
-                       _best_sentence(words, passage), overlap)
+                       _region(words, passage)[:240], overlap)
     return Support(False, f"only {overlap:.0%} of its content words are in the source (lexical check)",
                    strength=overlap)
 
@@ -283,6 +318,16 @@ def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Veri
             others = [i for i, p in enumerate(passages, start=1) if i not in cited and local_support(claim, p).ok]
             result.flagged.append({"sentence": claim, "cited": cited, "supported_by": others})
     return result
+
+
+def unsupported(verification: Verification) -> list[str]:
+    """The sentences of a verified answer that no source supports, without citations or a leading field label
+    ("Limits: "): the flagged ones, then those left uncited with three content words or more (with attribution
+    on, a sentence stays uncited only when no source supports it)."""
+    flagged = [f["sentence"] for f in verification.flagged]
+    uncited = [CITATION.sub("", s).strip() for s in sentences(verification.text) if not parse_citations(s)]
+    claims = [_FIELD_LABEL.sub("", s).strip() for s in [*flagged, *uncited]]
+    return list(dict.fromkeys(c for c in claims if len(content_words(c)) >= 3))
 
 
 def local_support(claim: str, passage: str) -> Support:

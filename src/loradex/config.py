@@ -61,6 +61,11 @@ class AnswerConfig(_Model):
         "said again are removed from every answer either way."))
     attribute: bool = Field(True, description=(
         "Give sentences the model left uncited the source that supports them (marked 'added')."))
+    search_support: int = Field(3, ge=0, le=10, description=(
+        "With attribute on: up to this many sentences that no source in the prompt supports are searched for "
+        "in the same documents after generation; a passage that supports one is added as a source and cited "
+        "(marked 'added', the source 'not in the prompt'). 0: off. Post-hoc research as in RARR (Gao et al., "
+        "2023), without its rewriting."))
     min_dense_score: float = Field(0.3, ge=-1, le=1, description=(
         "Abstain (say the documents do not cover it) when no retrieved passage has a cosine similarity "
         "to the question of at least this."))
@@ -299,6 +304,7 @@ answer:
   temperature: 0.0         # greedy
   no_repeat_ngram: {no_repeat}      # no n tokens in a row twice in an answer (0: off)
   attribute: true          # cite uncited sentences that a source supports (marked 'added')
+  search_support: 3        # search the documents for up to 3 sentences no prompt source supports (0: off)
   min_dense_score: 0.3     # abstain when no passage is at least this similar to the question
 
 store:

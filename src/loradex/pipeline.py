@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cite import Verification, drop_repeats, verify
+from .cite import Verification, drop_repeats, local_support, unsupported, verify
 from .conversation import Conversation, fit, into_messages, search_query
 from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joined", "prepare"]
 
 _NOT_COVERED = ("do not cover", "does not cover", "don't cover", "not covered by the documents")
+SEARCHED_MIN_STRENGTH = 0.8  # a passage searched for by the sentence's own words needs more than the usual 0.6
 _SOURCE_STOPS = ("\nQuestion:",)  # a small model may go on to invent the next turn of the prompt's format
 
 
@@ -102,6 +103,7 @@ class Prepared:
     usage: dict
     query: str = ""
     conversation: Conversation = field(default_factory=lambda: Conversation(""))
+    filters: Filters = field(default_factory=Filters)
 
 
 def prepare(project: Project, question: str, *, k: int | None = None, domain: str | None = None,
@@ -150,7 +152,8 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
         return Prepared(question, chosen, adapter, hits, sources, None, early, timings, usage, query, conversation)
     messages = into_messages(build_messages(question, hits, project.config.name, cfg.passage_chars), conversation)
     request = GenerationRequest(messages, cfg.max_new_tokens, stops, cfg.temperature, adapter, cfg.no_repeat_ngram)
-    return Prepared(question, chosen, adapter, hits, sources, request, None, timings, usage, query, conversation)
+    return Prepared(question, chosen, adapter, hits, sources, request, None, timings, usage, query, conversation,
+                    filters)
 
 
 def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0) -> Answer:
@@ -161,11 +164,55 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0)
     if not p.hits:
         return Answer(p.question, text, (), (), False, (), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
     t0 = time.perf_counter()
-    verification = verify(text, [h.chunk.text for h in p.hits], attribute=project.config.answer.attribute)
+    cfg = project.config.answer
+    verification = verify(text, [h.chunk.text for h in p.hits], attribute=cfg.attribute)
+    hits, sources = p.hits, p.sources
+    if cfg.attribute and cfg.search_support:
+        hits, verification = _research(project, p, text, verification)
+        sources = (*p.sources, *(SourceRef.from_hit(n, h, in_prompt=False)
+                                 for n, h in enumerate(hits[len(p.hits):], start=len(p.hits) + 1)))
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in text.lower() for x in _NOT_COVERED) and not verification.checks
-    return Answer(p.question, verification.text, _citations(verification, p.hits), p.sources, abstained,
+    return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
                   tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
+
+
+def _research(project: Project, p: Prepared, text: str, verification: Verification) -> tuple[list[Hit], Verification]:
+    """The prompt's hits with the passages `_search_support` found that the answer cites appended, and the
+    answer verified against them all."""
+    found = _search_support(project, p, verification)
+    while found:
+        hits = [*p.hits, *found]
+        checked = verify(text, [h.chunk.text for h in hits], attribute=True)
+        cited = [h for n, h in enumerate(found, start=len(p.hits) + 1) if n in checked.cited]
+        if len(cited) == len(found):
+            return hits, checked
+        found = cited  # attribution preferred another source for that sentence: drop the passage, renumber
+    return p.hits, verification
+
+
+def _search_support(project: Project, p: Prepared, verification: Verification) -> list[Hit]:
+    """Passages outside the prompt that support sentences of the answer no prompt source supports: each such
+    sentence (at most `answer.search_support`) is searched for with the answer's own retrieval settings and
+    filters (the route's domain, the caller's access groups), and the best of its top 3 hits that supports it
+    in one place (`loradex.cite.local_support`, polarity included) with at least `SEARCHED_MIN_STRENGTH` of
+    its words is kept: a search by the sentence's own words finds passages that share them, so the bar is
+    higher than for the sources the model was given. Only found passages the answer ends up citing are kept.
+    The answer's text is not changed: a sentence nothing supports stays flagged or uncited. After RARR's
+    research stage (Gao et al., "RARR: Researching and Revising What Language Models Say, Using Language
+    Models", ACL 2023)."""
+    seen = {h.chunk.chunk_id for h in p.hits}
+    found: list[Hit] = []
+    for claim in unsupported(verification)[: project.config.answer.search_support]:
+        hits = search(project.store, project.embedder, claim, project.config.retrieval, k=3, filters=p.filters)
+        checked = [(local_support(claim, h.chunk.text), -i, h) for i, h in enumerate(hits)
+                   if h.chunk.chunk_id not in seen]
+        ok = [(s.strength, i, h) for s, i, h in checked if s.ok and s.strength >= SEARCHED_MIN_STRENGTH]
+        if ok:
+            best = max(ok, key=lambda x: x[:2])[2]
+            seen.add(best.chunk.chunk_id)
+            found.append(best)
+    return found
 
 
 def joined(pieces: Iterable[str]) -> str:

@@ -186,7 +186,9 @@ class SourceRef:
     """Source `n` of an answer: the passage put in the prompt as `<source n>`, with where it came from.
 
     `span` is the character span of the passage in the document's extracted text; `score` and
-    `dense_score` are the search's (see `Hit`); `quote` is the passage's first 200 characters."""
+    `dense_score` are the search's (see `Hit`); `quote` is the passage's first 200 characters; `in_prompt` is
+    False for a passage loradex found after generation, searching for a sentence of the answer that no source in
+    the prompt supported (`answer.search_support`)."""
 
     n: int
     chunk_id: str
@@ -199,14 +201,15 @@ class SourceRef:
     dense_score: float | None
     quote: str
     text: str
+    in_prompt: bool = True  # False: found after generation for a sentence no prompt source supported
 
     @classmethod
-    def from_hit(cls, n: int, hit: Hit) -> SourceRef:
+    def from_hit(cls, n: int, hit: Hit, in_prompt: bool = True) -> SourceRef:
         s, text = hit.chunk.source, hit.chunk.text
         flat = " ".join(text.split())
         quote = flat[:200] + ("..." if len(flat) > 200 else "")
         return cls(n, hit.chunk.chunk_id, s.path, s.page, s.heading_path, (s.start, s.end), hit.chunk.doc_version,
-                   hit.score, hit.dense_score, quote, text)
+                   hit.score, hit.dense_score, quote, text, in_prompt)
 
     def label(self) -> str:
         """`file, p. N, heading > subheading`, as `Source.label`."""

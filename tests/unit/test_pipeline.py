@@ -199,3 +199,41 @@ def test_the_answer_settings_reach_the_engine(project_dir):
 
     p = prepare(proj, "When must theft be reported to the police?", route=False)
     assert p.request is not None and p.request.no_repeat_ngram == 7
+
+
+RESEARCH = CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: true, k: 1, window: 0}\n"
+
+
+@pytest.mark.parametrize(("second", "found"), [
+    ("Report a burst pipe within 30 days.", True),  # said in another document of the store: found, cited
+    ("Report a burst pipe within 90 days.", False),  # a number no document has
+    ("Do not report a burst pipe within 30 days.", False),  # the document says the opposite
+    ("Monthly premiums are collected by direct debit.", True),  # another domain's document: no route, no filter
+])
+def test_a_sentence_no_prompt_source_supports_is_searched_for_after_generation(project_dir, second, found):
+    reply = f"Call the police within 24 hours. {second}"
+    proj = open_project(project_dir(DOCS, RESEARCH), engine=EchoEngine(reply=reply))
+    ingest(proj)
+    a = answer(proj, "When must theft be reported to the police?")
+    assert [s.in_prompt for s in a.sources] == ([True, False] if found else [True])
+    assert a.answer == f"Call the police within 24 hours. [1] {second}" + (" [2]" if found else "")
+    if found:
+        assert a.sources[1].file != a.sources[0].file and second.rstrip(".") in a.sources[1].text
+        assert [(c.n, c.verified, c.added) for c in a.citations] == [(1, True, True), (2, True, True)]
+        assert a.to_dict()["sources"][1]["in_prompt"] is False
+
+
+def test_the_search_after_generation_keeps_to_the_callers_documents_and_can_be_turned_off(project_dir):
+    from loradex.types import Filters
+
+    reply = "Call the police within 24 hours. Monthly premiums are collected by direct debit."
+    proj = open_project(project_dir(DOCS, RESEARCH), engine=EchoEngine(reply=reply))
+    ingest(proj)
+    a = answer(proj, "When must theft be reported to the police?", filters=Filters.for_caller(()))
+    assert len(a.sources) == 1  # the billing guide is for the finance group only
+    assert len(answer(proj, "When must theft be reported to the police?",
+                      filters=Filters.for_caller(("finance",))).sources) == 2
+    off = open_project(project_dir(DOCS, RESEARCH.replace("k: 1,", "k: 1, search_support: 0,")),
+                       engine=EchoEngine(reply=reply))
+    ingest(off)
+    assert len(answer(off, "When must theft be reported to the police?").sources) == 1

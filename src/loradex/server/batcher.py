@@ -9,13 +9,15 @@ one of its own); the others get their answers. When `max_queue` requests
 already wait, `submit` raises QueueFull at once, so a server answers 429 instead of piling up work it cannot
 finish. A request whose Future is cancelled while it waits is dropped unread; one cancelled while it runs has
 its `cancel` event (given to `submit`) set by its caller, and the engine ends that row at its next token.
+An engine that batches by itself (`forwards = True`: vLLM) gets each request at once instead, up to `max_queue`
+in flight, on a pool of threads: gathering them here would only add the window's wait.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..engine import GenerationRequest
@@ -36,7 +38,12 @@ class Batcher:
         self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "rejected": 0, "retried_batches": 0,
                       "failed_requests": 0}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="loradex-batcher", daemon=True)
+        self.forwards = bool(getattr(engine, "forwards", False))
+        self._pool = ThreadPoolExecutor(max_workers=max_queue, thread_name_prefix="loradex-forward") \
+            if self.forwards else None
+        self._in_flight = threading.BoundedSemaphore(max_queue)
+        self._thread = threading.Thread(target=self._forward_loop if self.forwards else self._loop,
+                                        name="loradex-batcher", daemon=True)
         self._thread.start()
 
     @property
@@ -70,6 +77,8 @@ class Batcher:
         """Stop the worker (requests still queued are not generated)."""
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -91,6 +100,25 @@ class Batcher:
             self.stats["requests"] += len(batch)
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             self._run(batch)
+
+    def _forward_loop(self) -> None:
+        """Each request to the engine at once, at most `max_queue` in flight (then they wait in the queue)."""
+        assert self._pool is not None
+        while not self._stop.is_set():
+            if not self._in_flight.acquire(timeout=0.1):
+                continue
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                self._in_flight.release()
+                continue
+            if not item[1].set_running_or_notify_cancel():
+                self._in_flight.release()
+                continue
+            self.stats["batches"] += 1
+            self.stats["requests"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], 1)
+            self._pool.submit(self._run, [item]).add_done_callback(lambda _: self._in_flight.release())
 
     def _run(self, batch: list[tuple[GenerationRequest, Future, threading.Event | None]]) -> None:
         """Generate `batch` and settle its Futures; when the batch fails, each request again alone, so one

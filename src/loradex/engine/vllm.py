@@ -160,8 +160,12 @@ class VllmEngine:
                 return False
             if name in self._adapters:  # never serve old weights under the name
                 self._unload(name)
-            self._call(lambda: self.client.post("/load_lora_adapter", cast_to=str,
-                                                body={"lora_name": name, "lora_path": str(folder)}), name)
+            try:
+                self._call(lambda: self.client.post("/load_lora_adapter", cast_to=str,
+                                                    body={"lora_name": name, "lora_path": str(folder)}), name)
+            except EngineError as e:  # loaded by another client (`adapters push`): a label names one content
+                if "already been loaded" not in str(e):
+                    raise
             self._adapters[name] = str(folder)
             self.stats["adapter_loads"] += 1
             return True

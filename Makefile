@@ -7,7 +7,7 @@ LDX := $(VENV)/bin/loradex
 STAMP := $(VENV)/.installed-stamp
 DEMO := examples/insurance
 
-.PHONY: setup demo test test-fast lint bench clean policyqa policyqa-adapters
+.PHONY: setup demo test test-fast lint bench clean policyqa policyqa-adapters vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -49,7 +49,12 @@ policyqa-adapters: setup
 	$(LDX) adapters import $(PQ)/adapters/privacy-closed --domain privacy --activate -p $(PQ)
 	$(PQEVAL) --modes adapter,hybrid --out $(PQ)/eval/report-closed
 
-test: lint
+# vLLM's own environment (~/.cache/loradex/vllm-env, or $$LORADEX_VLLM_ENV), for the tests marked vllm and
+# `engine: vllm` with `vllm.managed: true`; idempotent (seconds once made).
+vllm-env:
+	bash scripts/vllm-env.sh
+
+test: lint vllm-env
 	$(PY) -m pytest -q
 
 test-fast: lint

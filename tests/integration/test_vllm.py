@@ -119,3 +119,42 @@ def test_an_adapter_above_the_server_rank_is_refused_by_push(project, tmp_path):
         assert row["adapter"] == ref.label and "rank 32" in row["error"] and "--max-lora-rank 16" in row["error"]
     finally:
         project.registry.rollback("policy")
+
+
+def test_the_server_forwards_concurrent_requests_to_vllm(project):
+    """`loradex serve` with engine: vllm: concurrent requests go on at once (vLLM batches them), each answered
+    with its route, adapter and citations; /metrics counts them."""
+    import threading
+
+    import httpx
+
+    from loradex.server.app import create_app
+    from loradex.testing import ThreadedServer
+
+    running = ThreadedServer(create_app(project, max_queue=8))
+    questions = ["My bike was stolen from my garden shed last night. What should I do?",
+                 "What is the grace period for a missed monthly premium?",
+                 "Does my home insurance cover damage from a burst pipe?",
+                 "How long do I have to tell you about a car accident if nobody was hurt?"]
+    replies: dict[int, dict] = {}
+
+    def ask(i: int) -> None:
+        r = httpx.post(running.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "auto", "messages": [{"role": "user", "content": questions[i]}]})
+        replies[i] = {"status": r.status_code, **r.json()}
+
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert [replies[i]["status"] for i in range(4)] == [200] * 4, replies
+        assert [replies[i]["route"]["domain"] for i in range(4)] == ["claims", "billing", "policy", "claims"]
+        assert all(replies[i]["adapter"] == project.registry.active(replies[i]["route"]["domain"]).label
+                   for i in range(4))
+        metrics = httpx.get(running.url + "/metrics").text
+        assert "loradex_batched_requests_total 4.0" in metrics  # each forwarded alone: four "batches" of one
+        assert "loradex_batches_total 4.0" in metrics
+    finally:
+        running.stop()

@@ -259,7 +259,7 @@ class VllmEngine:
                  cancel: Sequence[threading.Event | None] = ()) -> list[Generation]:
         """One Generation per request, in order, all sent at once (vLLM batches them). Raises EngineError for
         an adapter that was never loaded (before anything is sent), or for the first request that failed."""
-        for r in requests:
+        for r in sorted(requests, key=lambda r: not r.no_repeat_ngram):  # refusals that need no server first
             self._check(r)
         if len(requests) == 1:
             return [self._one(requests[0], cancel[0] if cancel else None)]

@@ -174,18 +174,32 @@ class ManagedVllm:
     def stop(self, grace_s: float = 30.0) -> None:
         """End the server's process group: SIGTERM, then SIGKILL after `grace_s`. Safe to call twice."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
+            try:  # the group, even when its leader has exited: vLLM's engine process may outlive it
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                process.poll()  # reaps the leader once it exits
+                if not _group_alive(process.pid):
+                    break
+                time.sleep(0.1)
+            if not _group_alive(process.pid):
+                break
+        process.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def _stop_on_sigterm() -> None:

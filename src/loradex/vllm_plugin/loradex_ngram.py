@@ -14,7 +14,7 @@ import torch
 try:
     from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 except ImportError:  # imported outside vLLM: loradex's tests check `banned` against the local engine
-    AdapterLogitsProcessor = object  # type: ignore[assignment,misc]
+    AdapterLogitsProcessor = object
 
 KEY = "no_repeat_ngram"
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -225,6 +226,16 @@ class LoadMonitor:
                 "other_processes_cpu_share": None if share is None else round(share, 3),
                 "loadavg_start": [round(x, 2) for x in self.loadavg_start],
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, Any]:
+    """(seconds of the fastest of `repeats` calls of `fn`, what the last call returned)."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
 
 
 def now_iso() -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, STDERR, LoadMonitor, machine_info, markdown_table, now_iso, write_json  # noqa: E402
+from _common import RESULTS, STDERR, LoadMonitor, machine_info, markdown_table, now_iso, timed, write_json  # noqa: E402,E501
 from loradex.engine import GenerationRequest  # noqa: E402
 from loradex.engine.local import LocalEngine  # noqa: E402
 from loradex.models import resolve_model  # noqa: E402
@@ -41,15 +41,6 @@ def requests(adapters: list[str], new_tokens: int) -> list[GenerationRequest]:
     return [GenerationRequest(({"role": "system", "content": "You are a helpful insurance assistant."},
                                {"role": "user", "content": q}), new_tokens, adapter=adapters[i % len(adapters)])
             for i, q in enumerate(QUESTIONS)]
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:

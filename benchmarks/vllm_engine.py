@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, STDERR, LoadMonitor, machine_info, markdown_table, now_iso, write_json  # noqa: E402
+from _common import REPO, RESULTS, STDERR, LoadMonitor, machine_info, markdown_table, now_iso, timed, write_json  # noqa: E402
 from loradex.engine import GenerationRequest  # noqa: E402
 from loradex.engine.local import LocalEngine  # noqa: E402
 from loradex.engine.vllm import VllmEngine  # noqa: E402
@@ -46,15 +46,6 @@ SYSTEM = "You are a customer service assistant for a home and motor insurer."
 def requests(new_tokens: int, adapters: list[str]) -> list[GenerationRequest]:
     return [GenerationRequest(({"role": "system", "content": SYSTEM}, {"role": "user", "content": q}), new_tokens,
                               adapter=adapters[i % len(adapters)]) for i, q in enumerate(QUESTIONS)]
-
-
-def fastest(fn, repeats: int) -> tuple[float, list]:
-    best, out = float("inf"), []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:
@@ -90,8 +81,8 @@ def main() -> None:
                 engine.generate(one)
             arms: dict[str, dict] = {}
             for label, engine in (("local", local), ("vllm", vllm), ("local", local), ("vllm", vllm)):
-                t_one, g_one = fastest(lambda e=engine: e.generate(one), args.repeats)
-                t_eight, g_eight = fastest(lambda e=engine: e.generate(eight), args.repeats)
+                t_one, g_one = timed(lambda e=engine: e.generate(one), args.repeats)
+                t_eight, g_eight = timed(lambda e=engine: e.generate(eight), args.repeats)
                 decode = g_one[0].timings_ms["generate"] / 1000
                 row = {"one_request_s": round(t_one, 3),
                        "one_request_decode_tokens_per_s": round((g_one[0].completion_tokens - 1) / decode, 1),

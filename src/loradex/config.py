@@ -263,12 +263,16 @@ class ProjectConfig(_Model):
     _engine = field_validator("engine")(_known(ENGINES, "engine"))
 
     @model_validator(mode="after")
+    def _vllm_section(self) -> ProjectConfig:
+        if self.engine == "vllm" and self.vllm is None:
+            raise ValueError("engine: vllm needs a `vllm:` section with `url:` or `managed: true`")
+        return self
+
+    @model_validator(mode="after")
     def _formats_exist(self) -> ProjectConfig:
         for name, domain in self.domains.items():
             if domain.format is not None and domain.format not in self.formats:
                 raise ValueError(f"domains.{name}.format: no format check named {domain.format!r} in `formats`")
-        if self.engine == "vllm" and self.vllm is None:
-            raise ValueError("engine: vllm needs a `vllm:` section with `url:` or `managed: true`")
         for name, cap in self.capabilities.items():
             unknown = [d for d in cap.domains if d not in self.domains]
             if unknown:

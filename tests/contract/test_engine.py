@@ -37,7 +37,7 @@ def engine(request, tiny):
 
         engine = VllmEngine(request.getfixturevalue("vllm_server").url, ngram=True, max_lora_rank=16)
         yield engine
-        engine.client.close()
+        engine.close()
         return
     yield EchoEngine() if request.param == "echo" else LocalEngine(tiny[0])
 

@@ -34,7 +34,7 @@ def engines(vllm_server):
     local = LocalEngine(resolve_model("smollm2-135m"))
     remote = VllmEngine(vllm_server.url, ngram=True, max_lora_rank=16)
     yield local, remote
-    remote.client.close()
+    remote.close()
 
 
 def _first_difference(tokenizer, a: str, b: str) -> int:

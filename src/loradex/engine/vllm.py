@@ -179,16 +179,20 @@ class VllmEngine:
         self.stats["adapter_evictions"] += 1
 
     # ---- generation ----------------------------------------------------------------------------------
-    def _check(self, request: GenerationRequest) -> None:
-        if request.no_repeat_ngram and not self.ngram:
-            raise EngineError(f"no_repeat_ngram {request.no_repeat_ngram} needs loradex's n-gram logits processor,"
-                              f" which vLLM at {self.url} does not run: start it with --logits-processors "
-                              "loradex_ngram:NoRepeatNgram (and set vllm.no_repeat_ngram: true), or set "
-                              "answer.no_repeat_ngram: 0")
+    def _check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Refuse, before anything is sent: n-gram blocking on a server without the processor (no server
+        contact needed), then an adapter that was never loaded."""
+        for request in requests:
+            if request.no_repeat_ngram and not self.ngram:
+                raise EngineError(f"no_repeat_ngram {request.no_repeat_ngram} needs loradex's n-gram logits "
+                                  f"processor, which vLLM at {self.url} does not run: start it with "
+                                  "--logits-processors loradex_ngram:NoRepeatNgram (and set vllm.no_repeat_ngram: "
+                                  "true), or set answer.no_repeat_ngram: 0")
         self._connect()
-        if request.adapter is not None and request.adapter not in self._adapters:
-            raise EngineError(f"adapter {request.adapter!r} is not loaded on vLLM at {self.url}; load it first "
-                              "(`loradex adapters push`)")
+        for request in requests:
+            if request.adapter is not None and request.adapter not in self._adapters:
+                raise EngineError(f"adapter {request.adapter!r} is not loaded on vLLM at {self.url}; load it first "
+                                  "(`loradex adapters push`)")
 
     def _open(self, request: GenerationRequest) -> Any:
         """The server's streamed chat completion for `request`."""
@@ -259,8 +263,7 @@ class VllmEngine:
                  cancel: Sequence[threading.Event | None] = ()) -> list[Generation]:
         """One Generation per request, in order, all sent at once (vLLM batches them). Raises EngineError for
         an adapter that was never loaded (before anything is sent), or for the first request that failed."""
-        for r in sorted(requests, key=lambda r: not r.no_repeat_ngram):  # refusals that need no server first
-            self._check(r)
+        self._check(requests)
         if len(requests) == 1:
             return [self._one(requests[0], cancel[0] if cancel else None)]
         events = [cancel[i] if i < len(cancel) else None for i in range(len(requests))]
@@ -270,7 +273,7 @@ class VllmEngine:
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[str]:
         """Text pieces as vLLM streams them (stop strings are applied by the server, which holds back text
         that could still become one)."""
-        self._check(request)
+        self._check([request])
         for piece, _ in self._chunks(request, cancel):
             if piece:
                 yield piece
@@ -310,7 +313,7 @@ def _settings(project: Project) -> dict[str, Any]:
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     if cfg.api_key_env and not key:
         raise EngineError(f"vllm.api_key_env names {cfg.api_key_env}, which is not set")
-    return {"model": cfg.model or (project.config.model if cfg.managed else None), "api_key": key,
+    return {"model": cfg.model, "api_key": key,
             "max_lora_rank": cfg.max_lora_rank, "base": base_identity(project.base_model_dir),
             "ngram": cfg.managed if cfg.no_repeat_ngram is None else cfg.no_repeat_ngram,
             "timeout_s": cfg.timeout_s, "retries": cfg.retries}

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .project import Project
 
-__all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joined", "prepare"]
+__all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joined", "prepare", "sources_for"]
 
 _NOT_COVERED = ("do not cover", "does not cover", "don't cover", "not covered by the documents")
 SEARCHED_MIN_STRENGTH = 0.8  # a passage searched for by the sentence's own words needs more than the usual 0.6
@@ -106,6 +106,15 @@ class Prepared:
     filters: Filters = field(default_factory=Filters)
 
 
+def sources_for(project: Project, query: str, k: int, filters: Filters) -> list[Hit]:
+    """The `k` passages an answer to `query` is given: hybrid search, widened by `answer.window` neighbouring
+    chunks. Training with served sources (`loradex.adapters.context`) calls this too, so both see the same."""
+    cfg = project.config.answer
+    hits = search(project.store, project.embedder, query, project.config.retrieval,
+                  k=k * (2 if cfg.window else 1), filters=filters)  # widening merges neighbours: fetch spares
+    return widen(project.store, hits, cfg.window, cfg.passage_chars)[:k]
+
+
 def prepare(project: Project, question: str, *, k: int | None = None, domain: str | None = None,
             filters: Filters | None = None, route: bool = True, use_adapter: bool = True,
             retrieval: bool = True, version: str | None = None, min_dense_score: float | None = None,
@@ -139,10 +148,7 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
         request = GenerationRequest(messages, cfg.max_new_tokens, tuple(stop), cfg.temperature, adapter,
                                     cfg.no_repeat_ngram)
         return Prepared(question, chosen, adapter, [], (), request, None, timings, {}, query, conversation)
-    wanted = k or cfg.k
-    hits = search(project.store, project.embedder, query, project.config.retrieval,
-                  k=wanted * (2 if cfg.window else 1), filters=filters)  # widening merges neighbours: fetch spares
-    hits = widen(project.store, hits, cfg.window, cfg.passage_chars)[:wanted]
+    hits = sources_for(project, query, k or cfg.k, filters)
     timings["retrieve"] = (time.perf_counter() - t0) * 1000
     best = max((h.dense_score or 0.0 for h in hits), default=0.0)
     sources = tuple(SourceRef.from_hit(n, h) for n, h in enumerate(hits, start=1))

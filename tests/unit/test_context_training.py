@@ -1,10 +1,11 @@
 """Retrieval-aware training examples (`loradex.adapters.context`): gold passages among distractors, cited
-targets, "not covered" targets, and the report of reference sentences no source supports."""
+targets, "not covered" targets, the report of reference sentences no source supports, and served sources with
+the target trimmed to them."""
 import json
 
 import pytest
 
-from loradex.adapters.context import gold_passages, with_context
+from loradex.adapters.context import NONE_STATED, gold_passages, trim_to_sources, with_context
 from loradex.adapters.data import Example
 from loradex.ingest.ingest import ingest
 from loradex.project import open_project
@@ -75,6 +76,52 @@ def test_all_or_nothing_shares_and_bad_settings(project):
             with_context(project, examples, **{"k": 2, "pool": 6, **bad})
 
 
+POLICY = ("Answer: Report a theft to the police within 24 hours of discovering it. Stolen bikes are always "
+          "replaced new for old by the insurer.\nLimits: Bikes over EUR 2,000 must be named on the schedule.\n"
+          "Covered: YES")
+PASSAGES = ["Report a theft to the police within 24 hours of discovering it.", "Bikes are kept in the shed."]
+
+
+def test_trim_keeps_what_the_sources_say_and_marks_an_emptied_field():
+    trimmed, removed = trim_to_sources(POLICY, PASSAGES, keep=r"^Covered: (YES|NO)")
+    assert trimmed == ("Answer: Report a theft to the police within 24 hours of discovering it.\n"
+                       f"Limits: {NONE_STATED}\nCovered: YES")  # the label line stays as given
+    assert removed == ["Stolen bikes are always replaced new for old by the insurer.",
+                       "Bikes over EUR 2,000 must be named on the schedule."]
+    assert trim_to_sources(POLICY, PASSAGES[1:])[0] == NO_SOURCES  # the first line lost everything
+    steps = ("Summary: Theft.\n1. Report a theft to the police within 24 hours of discovering it.\n"
+             "2. Paint the shed blue.")
+    assert trim_to_sources(steps, PASSAGES)[0] == steps.rsplit("\n", 1)[0]  # an emptied step goes
+    first_goes = f"Summary: Theft.\n1. Paint the shed blue today.\n2. {PASSAGES[0]}\n3. Bikes are kept in the shed."
+    assert trim_to_sources(first_goes, PASSAGES)[0] == ("Summary: Theft.\n1. " + PASSAGES[0] +
+                                                        "\n2. Bikes are kept in the shed.")  # numbered again
+    # a sentence whose words are spread over two places of a source is not supported there
+    scattered = "Report the theft in the shed within 24 hours."
+    assert trim_to_sources(f"Answer: {scattered}", ["Report the theft to us. " + "Filler words here. " * 3 +
+                                                     "The shed must be locked within 24 hours."])[0] == NO_SOURCES
+
+
+def test_served_sources_are_the_ones_ask_gives_and_the_target_is_trimmed_to_them(project):
+    from loradex.pipeline import sources_for
+    from loradex.prompt import build_messages
+    from loradex.types import Filters
+
+    examples = [_example(POLICY, 1, "When must I report a theft to the police?"),
+                _example("Answer: Moon claims are handled by NASA in Houston.", 2, "Who handles moon landing claims?")]
+    report = with_context(project, examples, k=3, pool=6, domain="claims", sources="served", keep=r"^Covered: ")
+    first, second = report.examples
+    served = sources_for(project, examples[0].question, 3, Filters(domain="claims"))
+    assert list(first.messages[:-1]) == build_messages(examples[0].question, served, project.config.name,
+                                                       project.config.answer.passage_chars)  # the prompt as served
+    theft = next(n for n, h in enumerate(served, start=1) if "police within 24 hours" in h.chunk.text)
+    assert first.answer == (f"Answer: Report a theft to the police within 24 hours of discovering it. [{theft}]\n"
+                            f"Limits: {NONE_STATED}\nCovered: YES")
+    assert second.answer == NO_SOURCES and report.no_gold_found == [2] and report.with_gold == 1
+    assert {u["sentence"] for u in report.unsupported} >= {"Moon claims are handled by NASA in Houston."}
+    with pytest.raises(ValueError, match="--context-sources must be raft or served"):
+        with_context(project, examples, k=2, pool=6, sources="gold")
+
+
 def _data(tmp_path, n: int):
     data = tmp_path / "claims.jsonl"
     rows = [{"messages": list(_example(ANSWER, i, f"Stolen bike {i}: who do I tell?").messages)} for i in range(n)]
@@ -123,6 +170,10 @@ def test_cli_train_check_reports_without_training(project, tmp_path):
     assert "line 3: Escalation: NO - routine theft question." in text and "tokens per example: median" in text
     small = json.loads(CliRunner().invoke(app, [*args, "--json", "--max-seq-len", "64"]).stdout)["tokens"]
     assert "3 of 3 training examples are longer than max_seq_len=64" in small["error"]
+    for bad, says in ((["--context-sources", "gold"], "--context-sources must be raft or served (got 'gold')"),
+                      (["--gold-share", "1.5"], "--gold-share must be in [0, 1]")):
+        wrong = CliRunner().invoke(app, [*args, *bad])
+        assert wrong.exit_code == 2 and says in " ".join(wrong.output.replace("│", "").split()), wrong.output
     refused = CliRunner().invoke(app, [a for a in args if a != "--check"] + ["--max-seq-len", "64"])
     assert refused.exit_code != 0 and "raise --max-seq-len to at least" in refused.output
     assert not (project.state_dir / "train").exists() and project.registry.versions() == []

@@ -11,6 +11,14 @@ unlike the RAFT paper (which keeps the answer and so rewards recalling it from m
 loradex's "the documents do not cover this": the adapter learns to answer from sources or say it cannot, not
 to recite document facts. An example with no gold passage at all always gets the second form.
 
+With `sources="served"` the prompt holds exactly the `k` passages `ask` would give the question
+(`loradex.pipeline.sources_for`), supporting or not, and the target keeps only what they support: each
+sentence of three content words or more that none of them supports in one place is removed (a labelled field left empty
+reads "none stated", a numbered step left empty goes), and an answer whose first line loses all its sentences
+becomes "the documents do not cover this". RAFT's recipe always puts the supporting passages in the prompt,
+so a field the question does not retrieve at answer time (an excess, a limit) is one the adapter learns to
+write from memory; trained on served sources it learns to write only what its sources say.
+
 Sentences of a reference answer that no retrieved passage supports are reported (file line and sentence), so
 the user can fix the data: a form line ("Escalation: NO - routine") needs no source, but a fact there is one
 the adapter would learn to state from memory. Prompts come from `loradex.prompt.build_messages`, the function
@@ -20,10 +28,11 @@ own). Examples whose prompt already holds sources (`<source 1`) are kept as they
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..cite import CITATION, content_words, sentences, support, verify
+from ..cite import CITATION, content_words, local_support, sentences, support, verify
 from ..prompt import NO_SOURCES, build_messages
 from ..retrieve import search, widen
 from ..types import Filters, Hit
@@ -32,7 +41,7 @@ from .data import Example
 if TYPE_CHECKING:
     from ..project import Project
 
-__all__ = ["ContextReport", "gold_passages", "with_context"]
+__all__ = ["ContextReport", "check_settings", "gold_passages", "trim_to_sources", "with_context"]
 
 
 @dataclass
@@ -75,14 +84,88 @@ def gold_passages(answer: str, hits: list[Hit], k: int) -> tuple[list[int], list
     return golds, [c for i, c in enumerate(claims) if i not in every]
 
 
+_LINE_HEAD = re.compile(r"^(\s*(?:[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:|\d+\.)\s*)(.*)$")  # "Limits: ", "2. "
+NONE_STATED = "none stated."
+
+
+def trim_to_sources(answer: str, passages: list[str], keep: str | None = None) -> tuple[str, list[str]]:
+    """`answer` with every sentence of three content words or more that none of `passages` supports
+    in one place (`loradex.cite.local_support`, the check loradex cites by) removed, line by line, and the
+    removed sentences. Lines matching the regular expression `keep` (a format's label line) stay as they are.
+    A labelled line left empty reads "<Label>: none stated."; another empty line goes, and the numbered steps
+    left are numbered again. Returns `NO_SOURCES`
+    when the first line loses all its sentences (the answer itself is not in the passages)."""
+    lines, removed = [], []
+    for i, line in enumerate(answer.splitlines()):
+        m = _LINE_HEAD.match(line)
+        head, body = (m.group(1), m.group(2)) if m else ("", line)
+        if keep and re.search(keep, line) or not body.strip():
+            lines.append(line)
+            continue
+        kept = []
+        for sent in sentences(body):
+            claim = CITATION.sub("", sent).strip()
+            if len(content_words(claim)) >= 3 and not any(local_support(claim, p).ok for p in passages):
+                removed.append(claim)
+            else:
+                kept.append(sent)
+        if not kept and i == 0:
+            return NO_SOURCES, removed
+        if kept or head.rstrip().endswith(":"):
+            lines.append(head + (" ".join(kept) if kept else NONE_STATED))
+    return _renumbered(lines), removed
+
+
+def _renumbered(lines: list[str]) -> str:
+    """The lines with each run of numbered steps numbered 1, 2, ... again (after a step was removed)."""
+    out, n = [], 0
+    for line in lines:
+        m = re.match(r"^(\s*)\d+\.(\s)", line)
+        n = n + 1 if m else 0
+        out.append(f"{m.group(1)}{n}.{line[m.end(1):].split('.', 1)[1]}" if m else line)
+    return "\n".join(out)
+
+
+def _served(project: Project, ex: Example, k: int, domain: str | None, keep: str | None,
+            report: ContextReport) -> Example:
+    """One example with the sources `ask` would give its question and a target trimmed to them."""
+    from ..pipeline import sources_for
+
+    hits = sources_for(project, ex.question, k, Filters(domain=domain))
+    texts = [h.chunk.text for h in hits]
+    trimmed, removed = trim_to_sources(CITATION.sub("", ex.answer), texts, keep)
+    report.unsupported += [{"line": ex.line, "sentence": s} for s in removed]
+    if trimmed == NO_SOURCES:
+        report.without_gold += 1
+        report.no_gold_found.append(ex.line)
+        target = NO_SOURCES
+    else:
+        report.with_gold += 1
+        target = verify(trimmed, texts, attribute=True).text
+    messages = build_messages(ex.question, hits, project.config.name, project.config.answer.passage_chars)
+    return Example(tuple(messages) + ({"role": "assistant", "content": target},), ex.line)
+
+
+def check_settings(k: int, pool: int, gold_share: float, sources: str) -> None:
+    """Raises ValueError, naming the `loradex train` flag, unless 1 <= k <= pool, 0 <= gold_share <= 1 and
+    `sources` is raft or served."""
+    problems = [f"--context-k must be at least 1 (got {k})"] if k < 1 else []
+    problems += [f"--distractor-pool must be at least --context-k (got {pool} < {k})"] if pool < k else []
+    problems += [f"--gold-share must be in [0, 1] (got {gold_share})"] if not 0.0 <= gold_share <= 1.0 else []
+    problems += [f"--context-sources must be raft or served (got {sources!r})"] if sources not in (
+        "raft", "served") else []
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_share: float = 1.0,
-                 pool: int = 12, domain: str | None = None, seed: int = 0) -> ContextReport:
+                 pool: int = 12, domain: str | None = None, seed: int = 0, sources: str = "raft",
+                 keep: str | None = None) -> ContextReport:
     """Each example rebuilt with `k` sources of `domain` (all domains when None) retrieved from the project's
-    index, drawn from its top `pool` hits; see the module docstring. Raises ValueError for k < 1, pool < k
-    or gold_share outside [0, 1]."""
-    if k < 1 or pool < k or not 0.0 <= gold_share <= 1.0:
-        raise ValueError(f"need 1 <= k <= pool and 0 <= gold_share <= 1 (k={k}, pool={pool}, "
-                         f"gold_share={gold_share})")
+    index: `sources="raft"` draws them from the top `pool` hits, supporting passages first; `"served"` takes
+    the top `k` as served and trims the target to them (`keep`: see `trim_to_sources`). The module docstring
+    says more. Raises ValueError from `check_settings`."""
+    check_settings(k, pool, gold_share, sources)
     rng = random.Random(seed)
     report = ContextReport([])
     answer_cfg = project.config.answer
@@ -90,6 +173,9 @@ def with_context(project: Project, examples: list[Example], *, k: int = 4, gold_
         if "<source 1" in ex.question:
             report.examples.append(ex)
             report.kept += 1
+            continue
+        if sources == "served":
+            report.examples.append(_served(project, ex, k, domain, keep, report))
             continue
         hits = widen(project.store, search(project.store, project.embedder, ex.question, project.config.retrieval,
                                            k=pool, filters=Filters(domain=domain)),

@@ -74,6 +74,8 @@ class TrainSettings:
                                       "the rest hold distractors only and learn to say the documents do not "
                                       "cover it (RAFT uses 0.8; at 0.8 the example adapters said 'not covered' "
                                       "with the answer in their sources).")
+    context_sources: str = _setting("raft", "raft: the supporting passages among distractors in each prompt; served: "
+                                            "the sources `ask` gives the question, the answer trimmed to them.")
     distractor_pool: int = _setting(12, "Hits retrieved per question, the supporting passages and the "
                                         "distractors are drawn from.")
     label_weight: float = _setting(1.0, "Loss weight of the answer's label tokens (the domain format's `label`, "
@@ -334,9 +336,11 @@ def prepare_examples(project: Project, domain: str, examples: list[Example],
         return examples, None
     from .context import with_context
 
+    dom = project.config.domains.get(domain)
+    fmt = project.config.formats.get(dom.format) if dom and dom.format else None
     report = with_context(project, examples, k=settings.context_k, gold_share=settings.gold_share,
-                          pool=settings.distractor_pool, seed=settings.seed,
-                          domain=domain if domain in project.config.domains else None)
+                          pool=settings.distractor_pool, seed=settings.seed, domain=domain if dom else None,
+                          sources=settings.context_sources, keep=fmt.label if fmt else None)
     return report.examples, report
 
 

@@ -17,8 +17,8 @@ from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out,
 
 adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
 _FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "target_modules", "batch_size", "max_seq_len",
-          "eval_fraction", "save_every", "seed", "replay", "context", "context_k", "gold_share", "distractor_pool",
-          "label_weight")
+          "eval_fraction", "save_every", "seed", "replay", "context", "context_k", "context_sources", "gold_share",
+          "distractor_pool", "label_weight")
 
 
 def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train."),
@@ -118,7 +118,15 @@ def _train_settings(flags: dict[str, Any]) -> TrainSettings:
     names = tuple(n.strip() for n in flags["target_modules"].split(",") if n.strip())
     if not names:
         raise typer.BadParameter("give at least one module name, e.g. q_proj,v_proj", param_hint="--target-modules")
-    return TrainSettings(**dict(flags, target_modules=names))
+    settings = TrainSettings(**dict(flags, target_modules=names))
+    if settings.context:
+        from ..adapters.context import check_settings
+
+        try:
+            check_settings(settings.context_k, settings.distractor_pool, settings.gold_share, settings.context_sources)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    return settings
 
 
 def _settings_parameters() -> list[inspect.Parameter]:
@@ -128,7 +136,7 @@ def _settings_parameters() -> list[inspect.Parameter]:
     for name in _FLAGS:
         f = fields[name]
         kind = {"int | None": Optional[int], "int": int, "float": float, "bool": bool,
-                "tuple[str, ...]": str}.get(str(f.type))
+                "tuple[str, ...]": str, "str": str}.get(str(f.type))
         flag = "--" + name.replace("_", "-")
         default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         option = typer.Option(default, f"{flag}/--no-{flag[2:]}" if kind is bool else flag, help=f.metadata["help"])

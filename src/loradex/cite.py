@@ -320,13 +320,18 @@ def verify(answer: str, passages: list[str], *, attribute: bool = False) -> Veri
     return result
 
 
+def without_label(sentence: str) -> str:
+    """`sentence` without a leading field label ("Limits: "), stripped: as `unsupported` lists it."""
+    return _FIELD_LABEL.sub("", sentence).strip()
+
+
 def unsupported(verification: Verification) -> list[str]:
     """The sentences of a verified answer that no source supports, without citations or a leading field label
     ("Limits: "): the flagged ones, then those left uncited with three content words or more (with attribution
     on, a sentence stays uncited only when no source supports it)."""
     flagged = [f["sentence"] for f in verification.flagged]
     uncited = [CITATION.sub("", s).strip() for s in sentences(verification.text) if not parse_citations(s)]
-    claims = [_FIELD_LABEL.sub("", s).strip() for s in [*flagged, *uncited]]
+    claims = [without_label(s) for s in [*flagged, *uncited]]
     return list(dict.fromkeys(c for c in claims if len(content_words(c)) >= 3))
 
 

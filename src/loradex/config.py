@@ -66,6 +66,9 @@ class AnswerConfig(_Model):
         "in the same documents after generation; a passage that supports one is added as a source and cited "
         "(marked 'added', the source 'not in the prompt'). 0: off. Post-hoc research as in RARR (Gao et al., "
         "2023), without its rewriting."))
+    unsupported: Literal["flag", "drop"] = Field("flag", description=(
+        "A sentence no source supports after the checks above: flag (shown, listed as unsupported) or drop "
+        "(removed from the answer and listed as removed; a labelled line left empty reads 'none stated')."))
     min_dense_score: float = Field(0.3, ge=-1, le=1, description=(
         "Abstain (say the documents do not cover it) when no retrieved passage has a cosine similarity "
         "to the question of at least this."))

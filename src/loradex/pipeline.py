@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cite import Verification, drop_repeats, local_support, unsupported, verify
+from .cite import Verification, drop_repeats, local_support, unsupported, verify, without_label
 from .conversation import Conversation, fit, into_messages, search_query
 from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
 from .retrieve import search, widen
+from .trim import remove_sentences
 from .types import Answer, Citation, Filters, Hit, Route, SourceRef
 
 if TYPE_CHECKING:
@@ -177,10 +178,27 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0)
         hits, verification = _research(project, p, text, verification)
         sources = (*p.sources, *(SourceRef.from_hit(n, h, in_prompt=False)
                                  for n, h in enumerate(hits[len(p.hits):], start=len(p.hits) + 1)))
+    removed: list[str] = []
+    if cfg.unsupported == "drop":
+        verification, removed = _drop_unsupported(verification)
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
-    abstained = any(x in text.lower() for x in _NOT_COVERED) and not verification.checks
+    abstained = any(x in verification.text.lower() for x in _NOT_COVERED) and not verification.checks
     return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
-                  tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
+                  tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated), tuple(removed))
+
+
+def _drop_unsupported(verification: Verification) -> tuple[Verification, list[str]]:
+    """`answer.unsupported: drop`: the verified answer without the sentences no source supports
+    (`loradex.cite.unsupported`) and their checks, and the removed sentences. An answer whose first line had
+    nothing supported says the documents do not cover the question."""
+    bad = set(unsupported(verification))
+    if not bad:
+        return verification, []
+    text, removed, first_emptied = remove_sentences(verification.text, bad.__contains__)
+    gone = set(removed)
+    checks = [c for c in verification.checks if without_label(c.sentence) not in gone and not first_emptied]
+    flagged = [f for f in verification.flagged if without_label(f["sentence"]) not in gone and not first_emptied]
+    return Verification(NO_SOURCES if first_emptied else text, checks, verification.removed, flagged), removed
 
 
 def _research(project: Project, p: Prepared, text: str, verification: Verification) -> tuple[list[Hit], Verification]:

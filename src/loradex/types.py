@@ -248,7 +248,7 @@ class Answer:
     `flagged` holds cited sentences no cited passage supports (`sentence`, `cited`, `supported_by`);
     `repeated` holds the sentences removed from the answer as repeats of an earlier one
     (`loradex.cite.same_sentence`; degenerate output: non-empty means the model looped and the answer deserves
-    a second look);
+    a second look); `removed` holds the sentences no source supports that `answer.unsupported: drop` took out;
     `timings_ms` are milliseconds per stage (route, load, retrieve, prompt, generate, verify); `usage` has
     token counts and the best dense score; `adapter` is `domain@sha256:<12 hex>`, None for the base model."""
 
@@ -263,6 +263,7 @@ class Answer:
     route: Route = field(default_factory=lambda: Route(None, 0.0))
     adapter: str | None = None
     repeated: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> Answer:
@@ -271,11 +272,12 @@ class Answer:
                         for s in d["sources"])
         citations = tuple(Citation(**{**c, "reasons": tuple(c["reasons"])}) for c in d["citations"])
         return cls(d["question"], d["answer"], citations, sources, d["abstained"], tuple(d["flagged"]),
-                   d["timings_ms"], d["usage"], Route(**d["route"]), d["adapter"], tuple(d.get("repeated", ())))
+                   d["timings_ms"], d["usage"], Route(**d["route"]), d["adapter"], tuple(d.get("repeated", ())),
+                   tuple(d.get("removed", ())))
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer,
                 "citations": [c.to_dict() for c in self.citations], "sources": [s.to_dict() for s in self.sources],
                 "abstained": self.abstained, "flagged": list(self.flagged), "timings_ms": dict(self.timings_ms),
                 "usage": dict(self.usage), "route": self.route.to_dict(), "adapter": self.adapter,
-                "repeated": list(self.repeated)}
+                "repeated": list(self.repeated), "removed": list(self.removed)}

@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from loradex.adapters.context import NONE_STATED, gold_passages, trim_to_sources, with_context
+from loradex.adapters.context import gold_passages, trim_to_sources, with_context
 from loradex.adapters.data import Example
 from loradex.ingest.ingest import ingest
 from loradex.project import open_project
 from loradex.prompt import NO_SOURCES
+from loradex.trim import NONE_STATED
 
 DOCS = {
     "docs/claims/theft.md": "# Theft\n\nReport a theft to the police within 24 hours of discovering it.\n",

@@ -50,6 +50,33 @@ def test_fabricated_answer_is_flagged_and_bad_citation_removed(project_dir):
     assert a.flagged and a.flagged[0]["cited"] == [1]
 
 
+DROPPED = ("Answer: Call the police within 24 hours [1]. Stolen bikes are replaced new for old.\n"
+           "Limits: Bikes over EUR 900 are excluded [1].")
+
+
+@pytest.mark.parametrize("mode", ["flag", "drop"])
+def test_unsupported_sentences_are_flagged_or_dropped_as_configured(project_dir, mode):
+    cfg = ECHO.replace("attribute: false}", f"attribute: false, unsupported: {mode}}}")
+    proj = open_project(project_dir(DOCS, cfg), engine=EchoEngine(reply=DROPPED))
+    ingest(proj)
+    a = answer(proj, "When must theft be reported to the police?", route=False)
+    if mode == "flag":
+        assert a.answer == DROPPED and a.removed == () and [f["sentence"] for f in a.flagged] == [
+            "Limits: Bikes over EUR 900 are excluded."]
+        return
+    assert a.answer == "Answer: Call the police within 24 hours [1].\nLimits: none stated."
+    assert a.removed == ("Stolen bikes are replaced new for old.", "Bikes over EUR 900 are excluded.")
+    assert a.flagged == () and [(c.n, c.verified) for c in a.citations] == [(1, True)]
+    assert not a.abstained and a.to_dict()["removed"] == list(a.removed)
+    from loradex.types import Answer
+
+    assert Answer.from_dict(a.to_dict()) == a
+    nothing = open_project(proj.root, engine=EchoEngine(reply="Answer: Bikes are always replaced new for old [1]."))
+    b = answer(nothing, "When must theft be reported to the police?", route=False)
+    assert b.answer == NO_SOURCES and b.abstained and b.citations == () and b.removed == (
+        "Bikes are always replaced new for old.",)
+
+
 def test_prompt_fences_sources_and_uses_our_system_message(project_dir):
     proj = _project(project_dir)
     from loradex.retrieve import search

@@ -28,13 +28,13 @@ own). Examples whose prompt already holds sources (`<source 1`) are kept as they
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..cite import CITATION, content_words, local_support, sentences, support, verify
 from ..prompt import NO_SOURCES, build_messages
 from ..retrieve import search, widen
+from ..trim import remove_sentences
 from ..types import Filters, Hit
 from .data import Example
 
@@ -84,46 +84,17 @@ def gold_passages(answer: str, hits: list[Hit], k: int) -> tuple[list[int], list
     return golds, [c for i, c in enumerate(claims) if i not in every]
 
 
-_LINE_HEAD = re.compile(r"^(\s*(?:[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:|\d+\.)\s*)(.*)$")  # "Limits: ", "2. "
-NONE_STATED = "none stated."
-
-
 def trim_to_sources(answer: str, passages: list[str], keep: str | None = None) -> tuple[str, list[str]]:
     """`answer` with every sentence of three content words or more that none of `passages` supports
-    in one place (`loradex.cite.local_support`, the check loradex cites by) removed, line by line, and the
-    removed sentences. Lines matching the regular expression `keep` (a format's label line) stay as they are.
-    A labelled line left empty reads "<Label>: none stated."; another empty line goes, and the numbered steps
-    left are numbered again. Returns `NO_SOURCES`
-    when the first line loses all its sentences (the answer itself is not in the passages)."""
-    lines, removed = [], []
-    for i, line in enumerate(answer.splitlines()):
-        m = _LINE_HEAD.match(line)
-        head, body = (m.group(1), m.group(2)) if m else ("", line)
-        if keep and re.search(keep, line) or not body.strip():
-            lines.append(line)
-            continue
-        kept = []
-        for sent in sentences(body):
-            claim = CITATION.sub("", sent).strip()
-            if len(content_words(claim)) >= 3 and not any(local_support(claim, p).ok for p in passages):
-                removed.append(claim)
-            else:
-                kept.append(sent)
-        if not kept and i == 0:
-            return NO_SOURCES, removed
-        if kept or head.rstrip().endswith(":"):
-            lines.append(head + (" ".join(kept) if kept else NONE_STATED))
-    return _renumbered(lines), removed
+    in one place (`loradex.cite.local_support`, the check loradex cites by) removed, and the removed sentences
+    (`loradex.trim.remove_sentences` keeps the layout; lines matching `keep`, a format's label line, stay as
+    given). Returns `NO_SOURCES` when the first line loses all its sentences (the answer itself is not in the
+    passages)."""
+    def unsupported(claim: str) -> bool:
+        return len(content_words(claim)) >= 3 and not any(local_support(claim, p).ok for p in passages)
 
-
-def _renumbered(lines: list[str]) -> str:
-    """The lines with each run of numbered steps numbered 1, 2, ... again (after a step was removed)."""
-    out, n = [], 0
-    for line in lines:
-        m = re.match(r"^(\s*)\d+\.(\s)", line)
-        n = n + 1 if m else 0
-        out.append(f"{m.group(1)}{n}.{line[m.end(1):].split('.', 1)[1]}" if m else line)
-    return "\n".join(out)
+    text, removed, first_emptied = remove_sentences(answer, unsupported, keep)
+    return (NO_SOURCES if first_emptied else text), removed
 
 
 def _served(project: Project, ex: Example, k: int, domain: str | None, keep: str | None,

@@ -202,6 +202,8 @@ def _print_sources(result: Answer) -> None:
         out.print(f"[yellow](abstained: {why})[/]")
     if result.repeated:
         out.print(f"[yellow]removed {len(result.repeated)} repeated sentence(s): the model looped[/]", highlight=False)
+    for r in result.removed:
+        out.print(f"[yellow]removed, no source supports it:[/] {r}", highlight=False)
     for f in result.flagged:
         better = f" (source {', '.join(map(str, f['supported_by']))} would support it)" if f["supported_by"] else ""
         out.print(f"[red]unsupported:[/] {f['sentence']}{better}", highlight=False)

@@ -44,8 +44,9 @@ __all__ = ["METRICS", "MODES", "evaluate", "score_answer", "summarise"]
 
 MODES = ("base", "rag", "adapter", "hybrid", "oracle")
 METRICS = ("exact_match", "token_f1", "contains_answer", "label_accuracy", "citation_recall", "citation_precision",
-           "verified_citation", "cited_gold", "format_ok", "repetition", "abstained_right", "abstained_wrongly",
-           "routed_right", "hit_at_k", "mrr", "answer_in_sources", "latency_ms", "completion_tokens")
+           "verified_citation", "unsupported_sentence", "cited_gold", "format_ok", "repetition", "abstained_right",
+           "abstained_wrongly", "routed_right", "hit_at_k", "mrr", "answer_in_sources", "latency_ms",
+           "completion_tokens")
 Progress = Callable[[int, int], None]
 
 
@@ -121,6 +122,8 @@ def score_answer(project: Project, q: Question, mode: str, a: Answer) -> dict[st
         "citation_recall": cites.recall if cites else None,
         "citation_precision": cites.precision if cites else None,
         "verified_citation": float(any(c.verified for c in a.citations)) if cites else None,
+        # a sentence no source supports, flagged in the answer or removed from it (answer.unsupported)
+        "unsupported_sentence": float(bool(a.flagged or a.removed)) if sources else None,
         "cited_gold": float(any(s.file in q.gold_docs for s in a.sources if any(c.n == s.n for c in a.citations)))
         if q.gold_docs and a.citations else None,
         "format_ok": None if check is None else float(not format_failures(text, **check.model_dump(exclude={"label"}))),

@@ -8,15 +8,16 @@
   becomes the prompt's instructions, and a follow-up is searched and routed with the earlier turns' key terms.
 - `stop` ends generation before the stop text, which is never returned (streamed or not). `n` choices (with
   sampling) are n generations in the batcher, each checked on its own; the top-level `citations`, `flagged`,
-  `repeated` and `abstained` are choice 0's. A stream sends the choices one after another.
+  `repeated`, `removed` and `abstained` are choice 0's. A stream sends the choices one after another.
 - `stream: true` sends server-sent events ending in `data: [DONE]`, a line of the answer at a time (a line
   that repeats an earlier one is never sent, `loradex.cite.RepeatFilter`); the last chunk of each choice
-  carries its checked `answer` (bad citations and repeated sentences removed). With `stream_options:
+  carries its checked `answer` (bad citations and repeated sentences removed, and with `answer.unsupported:
+  drop` the unsupported ones). With `stream_options:
   {"include_usage": true}` every chunk has `"usage": null` and one more chunk before `[DONE]` has the usage
   and no choices, as OpenAI sends it (a stream's tokens are counted by the engine's `count_tokens`). A failure
   after the first chunk is sent as a `data: {"error": ...}` event.
 - Answers carry the usual fields plus `citations`, `sources`, `route`, `adapter`, `abstained`, `flagged`,
-  `repeated` and `conversation` (`search_query`, the earlier `turns` kept and the `dropped` ones).
+  `repeated`, `removed` and `conversation` (`search_query`, the earlier `turns` kept and the `dropped` ones).
 - A `loradex` object in the body tunes one request: `{"retrieval": false}` (adapter only), `{"k": 6}`.
 - Non-streaming generations go through the Batcher (mixed-adapter batches, bounded queue, 429 when full);
   streams go to the engine directly and count against the same limit.
@@ -61,8 +62,8 @@ __all__ = ["model_target", "router"]
 router = APIRouter(route_class=GuardedRoute, tags=["openai"])
 State = Annotated[ServerState, Depends(app_state)]
 Key = Annotated[Caller, Depends(require_key)]
-_EXTRAS = ("citations", "sources", "route", "adapter", "abstained", "flagged", "repeated")
-_PER_CHOICE = ("citations", "abstained", "flagged", "repeated")
+_EXTRAS = ("citations", "sources", "route", "adapter", "abstained", "flagged", "repeated", "removed")
+_PER_CHOICE = ("citations", "abstained", "flagged", "repeated", "removed")
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away: logged, never received
 

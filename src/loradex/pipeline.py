@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .project import Project
 
-__all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joined", "prepare", "sources_for"]
+__all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joined", "label_of", "prepare",
+           "sources_for"]
 
 _NOT_COVERED = ("do not cover", "does not cover", "don't cover", "not covered by the documents")
 SEARCHED_MIN_STRENGTH = 0.8  # a passage searched for by the sentence's own words needs more than the usual 0.6
@@ -180,21 +181,29 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0)
                                  for n, h in enumerate(hits[len(p.hits):], start=len(p.hits) + 1)))
     removed: list[str] = []
     if cfg.unsupported == "drop":
-        verification, removed = _drop_unsupported(verification)
+        verification, removed = _drop_unsupported(verification, label_of(project, p.route.domain))
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in verification.text.lower() for x in _NOT_COVERED) and not verification.checks
     return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
                   tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated), tuple(removed))
 
 
-def _drop_unsupported(verification: Verification) -> tuple[Verification, list[str]]:
+def label_of(project: Project, domain: str | None) -> str | None:
+    """The `label` regular expression of the domain's format (its judgement line), None without one."""
+    dom = project.config.domains.get(domain) if domain else None
+    fmt = project.config.formats.get(dom.format) if dom and dom.format else None
+    return fmt.label if fmt else None
+
+
+def _drop_unsupported(verification: Verification, keep: str | None) -> tuple[Verification, list[str]]:
     """`answer.unsupported: drop`: the verified answer without the sentences no source supports
-    (`loradex.cite.unsupported`) and their checks, and the removed sentences. An answer whose first line had
-    nothing supported says the documents do not cover the question."""
+    (`loradex.cite.unsupported`) and their checks, and the removed sentences. Lines matching `keep` (the
+    domain format's label line, a judgement such as "Escalation: NO - routine") stay. An answer whose first
+    line had nothing supported says the documents do not cover the question."""
     bad = set(unsupported(verification))
     if not bad:
         return verification, []
-    text, removed, first_emptied = remove_sentences(verification.text, bad.__contains__)
+    text, removed, first_emptied = remove_sentences(verification.text, bad.__contains__, keep)
     gone = set(removed)
     checks = [c for c in verification.checks if without_label(c.sentence) not in gone and not first_emptied]
     flagged = [f for f in verification.flagged if without_label(f["sentence"]) not in gone and not first_emptied]

@@ -50,8 +50,8 @@ DEMO = [  # make demo's three domain questions, and the documents' facts each an
 ]
 POLICY_OPEN = pytest.mark.xfail(strict=True, reason=(
     "issue 17, open: the shipped policy adapter (4d953cb4a6f0) gives the right reason (escape of water from fixed "
-    "pipes is an insured event) under the wrong verdict (Covered: NO), and its Limits line ('Escape of water "
-    "claims carry no excess') contradicts its sources (flagged unsupported)"))
+    "pipes is an insured event) under the wrong verdict (Covered: NO); its Limits line ('Escape of water claims "
+    "carry no excess'), which its sources do not support, is removed (answer.unsupported: drop)"))
 
 
 @pytest.mark.parametrize("domain,question,facts",

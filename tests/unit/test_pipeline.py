@@ -71,6 +71,14 @@ def test_unsupported_sentences_are_flagged_or_dropped_as_configured(project_dir,
     from loradex.types import Answer
 
     assert Answer.from_dict(a.to_dict()) == a
+    judged = DROPPED + "\nEscalation: NO - routine theft claim with a police report."
+    yaml = (proj.root / "loradex.yaml").read_text()
+    yaml = yaml.replace('claims: {paths: ["docs/claims/**"]}', 'claims: {paths: ["docs/claims/**"], format: esc}')
+    (proj.root / "loradex.yaml").write_text(yaml + "formats:\n  esc: {label: '^Escalation: (YES|NO)'}\n")
+    routed = open_project(proj.root, engine=EchoEngine(reply=judged))
+    c = answer(routed, "When must theft be reported to the police?", domain="claims")
+    assert c.answer.endswith("Limits: none stated.\nEscalation: NO - routine theft claim with a police report.")
+    assert "routine theft claim with a police report." not in c.removed  # the domain's judgement line stays
     nothing = open_project(proj.root, engine=EchoEngine(reply="Answer: Bikes are always replaced new for old [1]."))
     b = answer(nothing, "When must theft be reported to the police?", route=False)
     assert b.answer == NO_SOURCES and b.abstained and b.citations == () and b.removed == (

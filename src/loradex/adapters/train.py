@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomic import replace_dir, write_text
 from ..errors import ConfigError
+from ..pipeline import label_of
 from ..prompt import system_message
 from .batches import batches, eval_loss, label_token_weights, weighted_loss
 from .data import Example, data_sha256, encode_examples
@@ -319,13 +320,12 @@ def with_label(project: Project, domain: str, settings: TrainSettings) -> TrainS
     pattern is set. Raises ConfigError when the domain's format has no `label`."""
     if settings.label_weight == 1 or settings.label_pattern:
         return settings
-    dom = project.config.domains.get(domain)
-    fmt = project.config.formats.get(dom.format) if dom is not None and dom.format else None
-    if fmt is None or not fmt.label:
+    label = label_of(project, domain)
+    if not label:
         raise ConfigError(f"--label-weight needs the answer's label: domain {domain!r} has no format with a `label` "
                           "in loradex.yaml (formats.<name>.label, e.g. '^Covered: (YES|NO)'); add one, or leave "
                           "--label-weight at 1")
-    return replace(settings, label_pattern=fmt.label)
+    return replace(settings, label_pattern=label)
 
 
 def prepare_examples(project: Project, domain: str, examples: list[Example],
@@ -336,11 +336,10 @@ def prepare_examples(project: Project, domain: str, examples: list[Example],
         return examples, None
     from .context import with_context
 
-    dom = project.config.domains.get(domain)
-    fmt = project.config.formats.get(dom.format) if dom and dom.format else None
     report = with_context(project, examples, k=settings.context_k, gold_share=settings.gold_share,
-                          pool=settings.distractor_pool, seed=settings.seed, domain=domain if dom else None,
-                          sources=settings.context_sources, keep=fmt.label if fmt else None)
+                          pool=settings.distractor_pool, seed=settings.seed,
+                          domain=domain if domain in project.config.domains else None,
+                          sources=settings.context_sources, keep=label_of(project, domain))
     return report.examples, report
 
 

@@ -63,6 +63,19 @@ def test_every_mode_is_scored_and_a_rerun_answers_from_the_cache(project):
     assert scores[0] == scores[1]
 
 
+@pytest.mark.parametrize("mode", ["flag", "drop"])
+def test_an_unsupported_sentence_is_counted_whether_flagged_uncited_or_removed(project_dir, tmp_path, mode):
+    reply = "Call the police within 24 hours [1]. Stolen bikes are always replaced new for old."
+    cfg = ECHO.replace("attribute: false}", f"attribute: false, unsupported: {mode}}}")
+    proj = open_project(project_dir(DOCS, cfg + FORMATS), engine=EchoEngine(reply=reply))
+    ingest(proj)
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps(QUESTIONS[0]) + "\n")
+    row = evaluate(proj, load_questions(path), ["rag"])[0]
+    assert row["metrics"]["unsupported_sentence"] == 1.0 and row["metrics"]["verified_citation"] == 1.0
+    assert ("Stolen bikes" in row["answer"]) is (mode == "flag")
+
+
 def test_a_change_generates_again_only_what_it_touches(project):
     proj, engine, path = project
     qs = load_questions(path)

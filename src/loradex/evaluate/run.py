@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_text
+from ..cite import Verification, unsupported
 from ..errors import QueryError
 from ..types import Answer, Filters
 from .metrics import (
@@ -122,8 +123,10 @@ def score_answer(project: Project, q: Question, mode: str, a: Answer) -> dict[st
         "citation_recall": cites.recall if cites else None,
         "citation_precision": cites.precision if cites else None,
         "verified_citation": float(any(c.verified for c in a.citations)) if cites else None,
-        # a sentence no source supports, flagged in the answer or removed from it (answer.unsupported)
-        "unsupported_sentence": float(bool(a.flagged or a.removed)) if sources else None,
+        # a sentence no source supports: removed (answer.unsupported: drop), or left in the answer, flagged or
+        # uncited (loradex.cite.unsupported); "not covered" claims nothing
+        "unsupported_sentence": float(bool(a.removed) or not a.abstained and bool(
+            unsupported(Verification(text, flagged=list(a.flagged))))) if sources else None,
         "cited_gold": float(any(s.file in q.gold_docs for s in a.sources if any(c.n == s.n for c in a.citations)))
         if q.gold_docs and a.citations else None,
         "format_ok": None if check is None else float(not format_failures(text, **check.model_dump(exclude={"label"}))),

@@ -21,12 +21,22 @@ with key terms of the earlier user turns added; the kept turns and the client's 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cite import Verification, drop_repeats, local_support, unsupported, verify, without_label
+from .cite import (
+    Verification,
+    content_words,
+    drop_repeats,
+    local_support,
+    sentences,
+    unsupported,
+    verify,
+    without_label,
+)
 from .conversation import Conversation, fit, into_messages, search_query
 from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
@@ -198,16 +208,18 @@ def label_of(project: Project, domain: str | None) -> str | None:
 def _drop_unsupported(verification: Verification, keep: str | None) -> tuple[Verification, list[str]]:
     """`answer.unsupported: drop`: the verified answer without the sentences no source supports
     (`loradex.cite.unsupported`) and their checks, and the removed sentences. Lines matching `keep` (the
-    domain format's label line, a judgement such as "Escalation: NO - routine") stay. An answer whose first
-    line had nothing supported says the documents do not cover the question."""
+    domain format's label line, a judgement such as "Escalation: NO - routine") stay. An answer left with no
+    sentence of three content words says the documents do not cover the question."""
     bad = set(unsupported(verification))
     if not bad:
         return verification, []
-    text, removed, first_emptied = remove_sentences(verification.text, bad.__contains__, keep)
+    text, removed, _ = remove_sentences(verification.text, bad.__contains__, keep)
+    empty = not any(len(content_words(without_label(s))) >= 3 for line in text.splitlines()
+                    if not (keep and re.search(keep, line)) for s in sentences(line))
     gone = set(removed)
-    checks = [c for c in verification.checks if without_label(c.sentence) not in gone and not first_emptied]
-    flagged = [f for f in verification.flagged if without_label(f["sentence"]) not in gone and not first_emptied]
-    return Verification(NO_SOURCES if first_emptied else text, checks, verification.removed, flagged), removed
+    checks = [c for c in verification.checks if without_label(c.sentence) not in gone and not empty]
+    flagged = [f for f in verification.flagged if without_label(f["sentence"]) not in gone and not empty]
+    return Verification(NO_SOURCES if empty else text, checks, verification.removed, flagged), removed
 
 
 def _research(project: Project, p: Prepared, text: str, verification: Verification) -> tuple[list[Hit], Verification]:

@@ -79,6 +79,10 @@ def test_unsupported_sentences_are_flagged_or_dropped_as_configured(project_dir,
     c = answer(routed, "When must theft be reported to the police?", domain="claims")
     assert c.answer.endswith("Limits: none stated.\nEscalation: NO - routine theft claim with a police report.")
     assert "routine theft claim with a police report." not in c.removed  # the domain's judgement line stays
+    steps = open_project(proj.root, engine=EchoEngine(
+        reply="Bikes are always replaced new for old.\n1. Call the police within 24 hours [1]."))
+    d = answer(steps, "When must theft be reported to the police?", route=False)
+    assert d.answer == "1. Call the police within 24 hours [1]." and not d.abstained  # the supported step stays
     nothing = open_project(proj.root, engine=EchoEngine(reply="Answer: Bikes are always replaced new for old [1]."))
     b = answer(nothing, "When must theft be reported to the police?", route=False)
     assert b.answer == NO_SOURCES and b.abstained and b.citations == () and b.removed == (

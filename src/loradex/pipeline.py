@@ -21,22 +21,12 @@ with key terms of the earlier user turns added; the kept turns and the client's 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cite import (
-    Verification,
-    content_words,
-    drop_repeats,
-    local_support,
-    sentences,
-    unsupported,
-    verify,
-    without_label,
-)
+from .cite import Verification, content_words, drop_repeats, local_support, unsupported, verify, without_label
 from .conversation import Conversation, fit, into_messages, search_query
 from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
@@ -213,13 +203,13 @@ def _drop_unsupported(verification: Verification, keep: str | None) -> tuple[Ver
     bad = set(unsupported(verification))
     if not bad:
         return verification, []
-    text, removed, _ = remove_sentences(verification.text, bad.__contains__, keep)
-    empty = not any(len(content_words(without_label(s))) >= 3 for line in text.splitlines()
-                    if not (keep and re.search(keep, line)) for s in sentences(line))
-    gone = set(removed)
-    checks = [c for c in verification.checks if without_label(c.sentence) not in gone and not empty]
-    flagged = [f for f in verification.flagged if without_label(f["sentence"]) not in gone and not empty]
-    return Verification(NO_SOURCES if empty else text, checks, verification.removed, flagged), removed
+    trimmed = remove_sentences(verification.text, bad.__contains__, keep)
+    if not any(len(content_words(c)) >= 3 for c in trimmed.kept):
+        return Verification(NO_SOURCES, removed=verification.removed), trimmed.removed
+    gone = set(trimmed.removed)
+    checks = [c for c in verification.checks if without_label(c.sentence) not in gone]
+    flagged = [f for f in verification.flagged if without_label(f["sentence"]) not in gone]
+    return Verification(trimmed.text, checks, verification.removed, flagged), trimmed.removed
 
 
 def _research(project: Project, p: Prepared, text: str, verification: Verification) -> tuple[list[Hit], Verification]:

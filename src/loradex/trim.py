@@ -10,23 +10,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .cite import CITATION, sentences
 
-__all__ = ["NONE_STATED", "remove_sentences"]
+__all__ = ["NONE_STATED", "Trimmed", "remove_sentences"]
 
 NONE_STATED = "none stated."
 _LINE_HEAD = re.compile(r"^(\s*(?:[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:|\d+\.)\s*)(.*)$")  # "Limits: ", "2. "
 _STEP = re.compile(r"^(\s*)\d+\.(\s)")
 
 
-def remove_sentences(text: str, drop: Callable[[str], bool],
-                     keep: str | None = None) -> tuple[str, list[str], bool]:
+class Trimmed(NamedTuple):
+    text: str
+    removed: list[str]  # the claims taken out
+    kept: list[str]  # the claims left, outside the lines `keep` protects
+    first_emptied: bool  # the first line lost all its sentences
+
+
+def remove_sentences(text: str, drop: Callable[[str], bool], keep: str | None = None) -> Trimmed:
     """`text` without the sentences for which `drop(claim)` is true (`claim`: the sentence without its
-    citation markers and its line's label), the removed claims, and whether the first line lost all its
-    sentences. Lines matching the regular expression `keep` (a format's label line) are never touched."""
+    citation markers and its line's label), with the claims removed and kept, and whether the first line lost
+    all its sentences. Lines matching the regular expression `keep` (a format's label line) are never touched."""
     lines: list[str] = []
     removed: list[str] = []
+    kept_claims: list[str] = []
     first_emptied = False
     for i, line in enumerate(text.splitlines()):
         m = _LINE_HEAD.match(line)
@@ -41,10 +49,11 @@ def remove_sentences(text: str, drop: Callable[[str], bool],
                 removed.append(claim)
             else:
                 kept.append(sent)
+                kept_claims.append(claim)
         first_emptied |= i == 0 and not kept
         if kept or head.rstrip().endswith(":"):
             lines.append(head + (" ".join(kept) if kept else NONE_STATED))
-    return _renumbered(lines), removed, first_emptied
+    return Trimmed(_renumbered(lines), removed, kept_claims, first_emptied)
 
 
 def _renumbered(lines: list[str]) -> str:

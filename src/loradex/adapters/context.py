@@ -93,8 +93,8 @@ def trim_to_sources(answer: str, passages: list[str], keep: str | None = None) -
     def unsupported(claim: str) -> bool:
         return len(content_words(claim)) >= 3 and not any(local_support(claim, p).ok for p in passages)
 
-    text, removed, first_emptied = remove_sentences(answer, unsupported, keep)
-    return (NO_SOURCES if first_emptied else text), removed
+    trimmed = remove_sentences(answer, unsupported, keep)
+    return (NO_SOURCES if trimmed.first_emptied else trimmed.text), trimmed.removed
 
 
 def _served(project: Project, ex: Example, k: int, domain: str | None, keep: str | None,

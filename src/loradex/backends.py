@@ -20,6 +20,7 @@ STORES = {
 }
 ENGINES = {  # each names a function (project) -> Engine, so an engine reads its own settings
     "local": "loradex.engine.local:from_project",
+    "ort": "loradex.engine.ort:from_project",
     "echo": "loradex.engine.echo:from_project",
     "vllm": "loradex.engine.vllm:from_project",
 }

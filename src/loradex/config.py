@@ -101,6 +101,13 @@ class StoreConfig(_Model):
         return value
 
 
+class OrtConfig(_Model):
+    """`engine: ort`: onnxruntime-genai on this machine (`loradex.engine.ort`)."""
+
+    precision: Literal["fp32", "int8"] = Field("fp32", description=(
+        "fp32 gives the transformers engine's greedy tokens; int8 quantises the base weights (LoRA stays float)."))
+
+
 class VllmConfig(_Model):
     """`engine: vllm`: generation goes to a vLLM server's OpenAI API (`model=<adapter name>`)."""
 
@@ -247,6 +254,7 @@ class ProjectConfig(_Model):
     engine: str = Field("local", description="'local' runs the model here; 'vllm' sends it to vLLM (see `vllm`); "
                         "'echo' is a test fake.")
     vllm: VllmConfig | None = Field(None, description="The vLLM server for `engine: vllm`.")
+    ort: OrtConfig = Field(default_factory=OrtConfig)
     sources: list[str] = Field(default_factory=lambda: ["docs"],
                                description="Folders or files `loradex ingest` reads when given no path.")
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)

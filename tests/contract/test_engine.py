@@ -1,6 +1,6 @@
 """The Engine contract (`loradex.engine.Engine`), run against every engine: the echo fake, the local
-transformers engine on a tiny random Llama (`loradex.testing.build_tiny_llama`), and a real vLLM server on the
-packaged SmolLM2 (marked `vllm` and `slow`; the `vllm_server` fixture starts it).
+transformers engine and the onnxruntime-genai engine on a tiny random Llama (`loradex.testing.build_tiny_llama`),
+and a real vLLM server on the packaged SmolLM2 (marked `vllm` and `slow`; the `vllm_server` fixture starts it).
 
 Rows compare an engine with itself (batch vs alone, stream vs generate, with vs without a stop string), so
 they hold for any deterministic (greedy) engine whatever it answers.
@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
     return folder, [build_random_adapter(folder, root / f"a{i}", seed=i) for i in range(2)]
 
 
-@pytest.fixture(scope="module", params=["echo", "local", pytest.param("vllm", marks=[pytest.mark.slow,
+@pytest.fixture(scope="module", params=["echo", "local", "ort", pytest.param("vllm", marks=[pytest.mark.slow,
                                                                                      pytest.mark.vllm])])
 def engine(request, tiny):
     if request.param == "vllm":
@@ -38,6 +38,11 @@ def engine(request, tiny):
         engine = VllmEngine(request.getfixturevalue("vllm_server").url, ngram=True, max_lora_rank=16)
         yield engine
         engine.close()
+        return
+    if request.param == "ort":
+        from loradex.engine.ort import OrtEngine
+
+        yield OrtEngine(tiny[0])
         return
     yield EchoEngine() if request.param == "echo" else LocalEngine(tiny[0])
 

@@ -251,8 +251,9 @@ class ProjectConfig(_Model):
     name: str = Field("loradex-project", description="Project name, shown in outputs.")
     embedder: str = Field("all-minilm-l6-v2", description="Embedder name or local model folder.")
     model: str = Field("smollm2-135m", description="Base model: a packaged name, a local HF folder or a .gguf file.")
-    engine: str = Field("local", description="'local' runs the model here; 'vllm' sends it to vLLM (see `vllm`); "
-                        "'echo' is a test fake.")
+    engine: str = Field("ort", description=(
+        "'ort' runs the model here on onnxruntime-genai (see `ort`; the transformers engine where it cannot); "
+        "'local' runs it here on transformers; 'vllm' sends it to vLLM (see `vllm`); 'echo' is a test fake."))
     vllm: VllmConfig | None = Field(None, description="The vLLM server for `engine: vllm`.")
     ort: OrtConfig = Field(default_factory=OrtConfig)
     sources: list[str] = Field(default_factory=lambda: ["docs"],

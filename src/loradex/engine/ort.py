@@ -8,13 +8,15 @@ n-gram blocking (`GenerationRequest.no_repeat_ngram`, the answer only) and cance
 transformers engine (`loradex.engine.local`), whose tokenizer and chat template this engine uses too: in fp32
 the greedy tokens are the same (tests/integration/test_ort_parity.py).
 
-Requests run one at a time under one lock (a batch is its requests in turn). An adapter the exported graph
+Requests run one at a time under one lock (a batch is its requests in turn); a stream decodes in a thread of
+its own, so a slow reader does not hold the lock. An adapter the exported graph
 cannot run (DoRA, `modules_to_save`, LoRA on the embeddings...) is served by a transformers engine built on
 first need, and a base model the builder cannot export makes `from_project` return the transformers engine:
 both say why in one line on stderr, never silently.
 """
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OrtEngine", "from_project"]
 
+_END = object()  # the end of a stream's queue
 _BASE = "__base__"  # onnxruntime-genai's name of the all-empty adapter that gives the bare base model
 
 
@@ -170,15 +173,37 @@ class OrtEngine:
         if request.adapter in self._elsewhere:
             yield from self._fallback_engine().stream(request, cancel)
             return
-        yield from _Decoding(self, request, cancel)
+        left = threading.Event()  # set when this iterator ends, however it ends: nobody reads what comes next
+        pieces: queue.Queue = queue.Queue()
+
+        def work() -> None:  # decodes at its own pace: a slow reader never holds the engine's lock
+            try:
+                for piece in _Decoding(self, request, cancel, left):
+                    pieces.put(piece)
+            except BaseException as e:  # noqa: BLE001 - handed to the reader, who would otherwise wait forever
+                pieces.put(e)
+            finally:
+                pieces.put(_END)
+
+        threading.Thread(target=work, daemon=True).start()
+        try:
+            while (item := pieces.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                if cancel is not None and cancel.is_set():  # the decoder may be ahead: nothing more is shown
+                    return
+                yield item
+        finally:
+            left.set()
 
 
 class _Decoding:
     """One request's decoding as an iterator of text pieces; `result` is its Generation once iterated to the end.
     Holds the engine's lock while it runs."""
 
-    def __init__(self, engine: OrtEngine, request: GenerationRequest, cancel: threading.Event | None):
-        self.engine, self.request, self.cancel = engine, request, cancel
+    def __init__(self, engine: OrtEngine, request: GenerationRequest, cancel: threading.Event | None,
+                 left: threading.Event | None = None):
+        self.engine, self.request, self.events = engine, request, [cancel, left]
         self.result: Generation | None = None
 
     def run(self) -> Generation:
@@ -215,7 +240,7 @@ class _Decoding:
         new: list[int] = []
         shown, text, reason, hold = 0, "", "length", max((len(s) for s in r.stop), default=0)
         while len(new) < r.max_new_tokens:
-            if cancelled([self.cancel], 0):
+            if cancelled(self.events, 0) or cancelled(self.events, 1):
                 reason = CANCELLED
                 break
             token = self._choose(gen.get_logits()[0, -1], new)

@@ -5,9 +5,9 @@ keyed by the base model's hash like the safetensors conversion) with onnxruntime
 (`python -m onnxruntime_genai.models.builder`), given a template PEFT adapter of rank 1 on every linear layer of
 the decoder (PEFT's `all-linear`). The builder bakes that adapter in as `MatMul(x, A)` and `MatMul(., B)` beside
 each base `MatMul`; the export then turns those LoRA weights into graph inputs whose rank dimension is
-symbolic, so one graph serves any adapter on those layers, of any rank, chosen per request (onnxruntime-genai's
-`Adapters`). `int8` quantises the base MatMuls of the fp32 export to 8-bit blocks (onnxruntime's
-`MatMulNBitsQuantizer`, block 32, symmetric); the LoRA weights, being inputs, stay float.
+symbolic (one name per layer), so one graph serves any adapter on those layers, of any rank, chosen per
+request (onnxruntime-genai's `Adapters`). `int8` quantises the base MatMuls of the fp32 export to 8-bit
+blocks (onnxruntime's `MatMulNBitsQuantizer`, block 32, symmetric); the LoRA weights, being inputs, stay float.
 
 An adapter is exported on first use into onnxruntime's adapter format (`onnxruntime.AdapterFormat`), cached under
 the hash of its PEFT files: A transposed to (in, r), B transposed to (r, out) and scaled by PEFT's scaling
@@ -123,12 +123,18 @@ def _lora_as_inputs(model_path: Path) -> dict[str, list[int]]:
     keep = [t for t in graph.initializer if not t.name.endswith((LORA_A, LORA_B))]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    # the builder's shapes of the LoRA weights and of what they feed hold the template's rank 1: dropped, so
+    # onnxruntime infers them from the inputs (a shared rank name would also make it reuse buffers across layers
+    # of different ranks)
+    kept_info = [v for v in graph.value_info if "lora" not in v.name]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
     inputs: dict[str, list[int]] = {}
     for t in lora:
         rows, cols = t.dims
         a = t.name.endswith(LORA_A)
-        graph.input.append(onnx.helper.make_tensor_value_info(
-            t.name, t.data_type, [rows, "lora_rank"] if a else ["lora_rank", cols]))
+        rank = "rank." + t.name.removesuffix(LORA_A if a else LORA_B)  # A and B of one layer share a rank
+        graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, [rows, rank] if a else [rank, cols]))
         inputs[t.name] = [rows, 0] if a else [0, cols]
     onnx.save(model, str(model_path))  # the weights stay in model.onnx.data (the template's few kB unused)
     return inputs
@@ -201,7 +207,9 @@ def export_adapter(peft_dir: Path | None, folder: Path) -> Path:
         for key, w in load_file(str(peft_dir / "adapter_model.safetensors")).items():
             name = _onnx_name(key)
             if name not in inputs:
-                raise Unsupported(f"{key.removeprefix('base_model.model.')} is not a layer the exported graph adapts")
+                module = key.removeprefix("base_model.model.").rsplit(".", 2 if ".lora_" in key else 1)[0]
+                raise Unsupported(f"{module.removesuffix('.base_layer')} is not a layer the exported graph adapts "
+                                  f"({key})")
             arr = w.astype(np.float32).T * (scaling if name.endswith(LORA_B) else 1.0)
             if (arr.shape[0] if name.endswith(LORA_A) else arr.shape[1]) != max(inputs[name]):
                 raise Unsupported(f"{key} has shape {list(w.shape)}, which does not fit the base model")

@@ -248,8 +248,9 @@ def write_json(path: Path, payload: dict) -> Path:
     return path
 
 
-def example_project(tmp: Path):
-    """A private, ingested copy of examples/insurance (documents and config) under `tmp`."""
+def example_project(tmp: Path, engine: str | None = None):
+    """A private, ingested copy of examples/insurance (documents and config) under `tmp`; `engine` replaces the
+    configured engine (`local` for a benchmark of the transformers engine itself)."""
     import shutil
 
     from loradex.ingest.ingest import ingest
@@ -259,6 +260,8 @@ def example_project(tmp: Path):
     shutil.copytree(REPO / "examples/insurance/docs", root / "docs")
     shutil.copytree(REPO / "examples/insurance/routing", root / "routing")
     shutil.copy(REPO / "examples/insurance/loradex.yaml", root / "loradex.yaml")
+    if engine:
+        (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text() + f"\nengine: {engine}\n")
     proj = open_project(root)
     ingest(proj)
     return proj

@@ -1,5 +1,6 @@
 """Latency of `loradex ask` split into retrieval, prompt processing and generation, and the local
-engine's overhead against plain `model.generate` on the same prompts.
+(transformers) engine's overhead against plain `model.generate` on the same prompts (`engine: local`;
+benchmarks/ort_engine.py measures the default onnxruntime-genai engine against it).
 
 On the example project (examples/insurance, copied to a temporary folder and ingested), for a sample of
 its customer questions:
@@ -78,7 +79,7 @@ def main() -> None:
     questions = ([json.loads(line)["question"] for line in lines]
                  [:: max(1, len(lines) // args.questions)][: args.questions])
     with tempfile.TemporaryDirectory() as tmp:
-        proj = example_project(Path(tmp))
+        proj = example_project(Path(tmp), engine="local")
         proj.load()  # load the models before timing
         rows = pipeline_timings(proj, questions)
         over = overhead(proj, questions, args.new_tokens, args.repeats)

@@ -141,9 +141,12 @@ def _lora_as_inputs(model_path: Path) -> dict[str, list[int]]:
 
 
 def _quantize(fp32: Path, out: Path) -> None:
+    import logging
+
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a layer
     out.mkdir(parents=True)
     q = MatMulNBitsQuantizer(onnx.load(str(fp32 / "model.onnx")), bits=8, block_size=32, is_symmetric=True,
                              accuracy_level=4)

@@ -138,3 +138,28 @@ def test_a_failed_export_leaves_no_folder(tiny, monkeypatch, tmp_path):
     with pytest.raises(Unsupported, match="builder died"):
         export_base(tiny[0], "fp32")
     assert [p.name for p in (tmp_path / "cache" / "ort").iterdir() if not p.name.endswith((".lock", ".partial"))] == []
+
+
+def test_the_servers_batcher_and_concurrent_streams_get_each_request_alone(tiny):
+    """What `loradex serve` does with the engine: batches from its batcher, streams from other threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loradex.server.batcher import Batcher
+
+    model_dir, root = tiny
+    engine = OrtEngine(model_dir)
+    for i in range(2):
+        engine.load_adapter(f"c{i}", build_random_adapter(model_dir, root / f"conc{i}", seed=i))
+    reqs = [GenerationRequest(({"role": "user", "content": q},), 10, adapter=a)
+            for q in ("Report a claim", "Theft") for a in (None, "c0", "c1")]
+    alone = [engine.generate([r])[0].text for r in reqs]
+    assert len(set(alone[:3])) == 3
+    batcher = Batcher(engine, max_batch=8, window_ms=200)
+    try:
+        futures = [batcher.submit(r) for r in reqs]
+        with ThreadPoolExecutor(4) as pool:
+            streamed = list(pool.map(lambda r: "".join(engine.stream(r)).strip(), reqs))
+        assert [f.result(timeout=120).text for f in futures] == alone
+        assert streamed == alone
+    finally:
+        batcher.close()

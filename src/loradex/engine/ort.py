@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, LoradexError
 from . import CANCELLED, Engine, Generation, GenerationRequest, cancelled, cut_at_stop
+from .local import LocalEngine, chat_prompt, token_counts
 from .ort_export import Unsupported, export_adapter, export_base
 
 if TYPE_CHECKING:
@@ -145,14 +146,12 @@ class OrtEngine:
         return name
 
     def prompt(self, messages: Sequence[dict]) -> str:
-        """The chat template applied to `messages`, ending where the assistant's answer starts."""
-        return str(self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+        """The chat template applied to `messages`, as the transformers engine builds it."""
+        return chat_prompt(self.tokenizer, messages)
 
     def count_tokens(self, request: GenerationRequest, text: str) -> tuple[int, int]:
-        """(prompt tokens, completion tokens) of `request` answered with `text`, as the transformers engine."""
-        encode = self.tokenizer
-        return (len(encode(self.prompt(request.messages), add_special_tokens=False)["input_ids"]),
-                len(encode(text, add_special_tokens=False)["input_ids"]))
+        """(prompt tokens, completion tokens) of `request` answered with `text` (`local.token_counts`)."""
+        return token_counts(self.tokenizer, request, text)
 
     def generate(self, requests: Sequence[GenerationRequest],
                  cancel: Sequence[threading.Event | None] = ()) -> list[Generation]:
@@ -287,8 +286,6 @@ class _Decoding:
 
 
 def _transformers(model_dir: Path, max_adapters: int) -> Engine:
-    from .local import LocalEngine
-
     return LocalEngine(model_dir, max_adapters=max_adapters)
 
 

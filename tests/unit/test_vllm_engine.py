@@ -268,7 +268,7 @@ def test_no_repeat_ngram_refusal_does_not_depend_on_its_place_in_the_batch(down_
         down_engine.generate([_req(), _req(no_repeat_ngram=3)])
 
 
-# ---- 5. n-gram blocking in vLLM agrees with the local engine's ------------------------------------------------------
+# ---- 5. n-gram blocking: one rule (the plugin's `banned`), the same in every engine --------------------------------
 @pytest.fixture(scope="module")
 def plugin():
     spec = importlib.util.spec_from_file_location("loradex_ngram_under_test", PLUGIN_DIR / "loradex_ngram.py")
@@ -281,18 +281,25 @@ def plugin():
 VOCAB = 7
 
 
+def _repeats(answer: list[int], n: int) -> set[int]:
+    """The definition, written apart from the code: t is banned when answer + [t] ends in an n-gram that answer
+    already holds."""
+    grams = {tuple(answer[i:i + n]) for i in range(len(answer) - n + 1)}
+    return {t for t in range(VOCAB) if len(answer) >= n - 1 and tuple((answer + [t])[-n:]) in grams}
+
+
 @settings(max_examples=300, deadline=None)
 @given(prompt=st.lists(st.integers(0, VOCAB - 1), max_size=6), answer=st.lists(st.integers(0, VOCAB - 1), max_size=25),
        n=st.integers(2, 5))
-def test_banned_agrees_with_the_local_engine(plugin, prompt, answer, n):
+def test_banned_is_the_definition_in_the_plugin_and_the_local_engine(plugin, prompt, answer, n):
     import torch
 
     from loradex.engine.local import _no_repeat_processor
 
     ids = torch.tensor([prompt + answer], dtype=torch.long)
     scores = _no_repeat_processor(n, len(prompt))(ids, torch.zeros(1, VOCAB))
-    local = set(torch.isinf(scores[0]).nonzero().flatten().tolist())
-    assert local == set(plugin.banned(answer, n))
+    local = set(torch.isinf(scores[0]).nonzero().flatten().tolist())  # the prompt's n-grams do not count
+    assert local == set(plugin.banned(answer, n)) == _repeats(answer, n)
 
 
 def test_banned_by_hand_and_the_processor_it_feeds(plugin):

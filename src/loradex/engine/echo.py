@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EngineError
 from ..prompt import NO_SOURCES
+from ..vllm_plugin.loradex_ngram import banned
 from . import CANCELLED, Generation, GenerationRequest, cancelled, cut_at_stop
 
 if TYPE_CHECKING:
@@ -27,14 +28,9 @@ def _no_repeat(words: list[str], n: int) -> list[str]:
     if not n:
         return words
     out: list[str] = []
-    seen: set[tuple[str, ...]] = set()
     for w in words:
-        gram = (*out[len(out) - n + 1:], w) if len(out) >= n - 1 else None
-        if gram is not None and gram in seen:
-            continue
-        out.append(w)
-        if gram is not None:
-            seen.add(gram)
+        if w not in banned(out, n):
+            out.append(w)
     return out
 
 

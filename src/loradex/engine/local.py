@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapters.validate import serving
 from ..errors import EngineError, LoradexError
+from ..vllm_plugin.loradex_ngram import banned
 from . import CANCELLED, Generation, GenerationRequest, cancelled, cut_at_stop
 
 if TYPE_CHECKING:
@@ -32,20 +33,19 @@ if TYPE_CHECKING:
 
 def _no_repeat_processor(n: int, prompt_len: int) -> Any:
     """A transformers logits processor that bans, in each row, every token that would complete an n-gram
-    already generated in that row after `prompt_len` (the prompt's n-grams stay allowed)."""
+    already generated in that row after `prompt_len` (the prompt's n-grams stay allowed): `banned`, the rule
+    every engine applies, on each row's answer."""
     import torch
     from transformers import LogitsProcessor
 
     class NoRepeatInAnswer(LogitsProcessor):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-            answer = input_ids[:, prompt_len:]
-            if answer.shape[1] < n:
+            if input_ids.shape[1] - prompt_len < n:
                 return scores
-            windows = answer.unfold(1, n, 1)  # (batch, n-grams so far, n)
-            tail = answer[:, answer.shape[1] - n + 1:].unsqueeze(1)  # the last n-1 tokens
-            hit = (windows[:, :, :-1] == tail).all(-1)
-            for row in hit.any(-1).nonzero().flatten().tolist():
-                scores[row, windows[row, hit[row], -1]] = -float("inf")
+            for row, answer in enumerate(input_ids[:, prompt_len:].tolist()):
+                ban = banned(answer, n)
+                if ban:
+                    scores[row, ban] = -float("inf")
             return scores
 
     return NoRepeatInAnswer()

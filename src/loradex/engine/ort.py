@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, LoradexError
+from ..vllm_plugin.loradex_ngram import banned
 from . import CANCELLED, Engine, Generation, GenerationRequest, cancelled, cut_at_stop
 from .local import LocalEngine, chat_prompt, token_counts
 from .ort_export import Unsupported, export_adapter, export_base
@@ -271,13 +272,10 @@ class _Decoding:
         """The next token: greedy at temperature 0, else sampled from softmax(logits / temperature); tokens that
         would repeat an n-gram of the answer (`no_repeat_ngram`) are excluded."""
         np, r = self.engine.np, self.request
-        n = r.no_repeat_ngram
-        if n and len(new) >= n:
-            tail = new[len(new) - n + 1:]
-            banned = [new[i + n - 1] for i in range(len(new) - n + 1) if new[i:i + n - 1] == tail]
-            if banned:
-                logits = logits.copy()
-                logits[banned] = -np.inf
+        ban = banned(new, r.no_repeat_ngram) if r.no_repeat_ngram else []
+        if ban:
+            logits = logits.copy()
+            logits[ban] = -np.inf
         if r.temperature <= 0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / r.temperature

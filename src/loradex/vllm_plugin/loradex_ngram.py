@@ -6,10 +6,14 @@ in vLLM's own environment, so it imports vLLM and torch only, never loradex. A r
 complete an n-gram already generated in that request's answer. The prompt does not count, as in
 `loradex.engine.GenerationRequest.no_repeat_ngram` and the local engine, so both engines decode alike.
 n-gram blocking as in Paulus et al., "A Deep Reinforced Model for Abstractive Summarization", ICLR 2018.
+
+`banned` is loradex's one definition of the rule: the transformers, onnxruntime-genai and echo engines import it
+from here (it needs nothing but Python), so the four engines cannot drift apart.
 """
 from __future__ import annotations
 
-import torch
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 try:
     from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
@@ -17,14 +21,18 @@ except ImportError:  # imported outside vLLM: loradex's tests check `banned` aga
     AdapterLogitsProcessor = object
 
 KEY = "no_repeat_ngram"
+T = TypeVar("T", bound=Hashable)
 
 
-def banned(output: list[int], n: int) -> list[int]:
-    """The tokens that would complete, after `output`, an n-gram that `output` already holds."""
+def banned(output: Sequence[T], n: int) -> list[T]:
+    """The tokens (ids, or words for the echo engine) that would complete, after `output`, an n-gram that
+    `output` already holds: each token that followed an earlier occurrence of `output`'s last n-1 tokens.
+    Empty while `output` is shorter than n; n is at least 2. O(len(output) * n) per call."""
     if len(output) < n:
         return []
-    tail = output[len(output) - n + 1:]
-    return [output[i + n - 1] for i in range(len(output) - n + 1) if output[i:i + n - 1] == tail]
+    out = list(output)
+    tail = out[len(out) - n + 1:]
+    return [out[i + n - 1] for i in range(len(out) - n + 1) if out[i:i + n - 1] == tail]
 
 
 class NoRepeatNgram(AdapterLogitsProcessor):
@@ -44,7 +52,9 @@ class NoRepeatNgram(AdapterLogitsProcessor):
         if not n:
             return None
 
-        def block(output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        def block(output_ids: list[int], logits):
+            import torch  # vLLM's; loradex's own engines import this module without needing it
+
             ban = banned(output_ids, n)
             if ban:
                 logits[torch.tensor(ban, dtype=torch.long, device=logits.device)] = -float("inf")

@@ -111,6 +111,25 @@ def test_cli_ask_json_and_text(project_dir):
     assert r.exit_code == 0 and "[1]" in r.stdout and "verified" in r.stdout and "Sources" in r.stdout
 
 
+def test_cli_stream_prints_the_checked_answer_when_checking_changed_the_text(project_dir, monkeypatch):
+    """A streamed answer is printed as generated; when loradex then re-cites it, the checked text follows, so the
+    citations printed match the Sources list (a new user saw `[1]` streamed and only `[2]` verified)."""
+    import loradex.engine.echo as echo
+
+    root = project_dir(DOCS, CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: true}\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", "-p", str(root)]).exit_code == 0
+    q = "When must theft be reported to the police?"
+    monkeypatch.setattr(echo, "from_project", lambda p: EchoEngine(reply="Call the police within 24 hours. [2]"))
+    r = runner.invoke(app, ["ask", q, "-p", str(root), "--stream"])
+    assert r.exit_code == 0, r.output
+    assert "Call the police within 24 hours. [2]" in r.stdout  # as streamed
+    assert "checked answer" in r.stdout and "Call the police within 24 hours. [1]" in r.stdout
+    monkeypatch.setattr(echo, "from_project", lambda p: EchoEngine(reply="Call the police within 24 hours. [1]"))
+    r = runner.invoke(app, ["ask", q, "-p", str(root), "--stream"])
+    assert r.exit_code == 0 and "checked answer" not in r.stdout  # nothing changed: printed once
+
+
 def test_uncited_supported_answer_gets_an_added_citation(project_dir):
     root = project_dir(DOCS, CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: true}\n")
     proj = open_project(root, engine=EchoEngine(reply="Call the police within 24 hours."))

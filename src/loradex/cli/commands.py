@@ -170,7 +170,10 @@ def ask(question: str = typer.Argument(..., help="The question."),
     proj = open_checked(project, domain)
     shown = RepeatFilter()  # a streamed line that repeats an earlier one is never printed, as in the answer
 
+    streamed: list[str] = []
+
     def show(text: str) -> None:
+        streamed.append(text)
         out.print(text, end="", highlight=False, markup=False)
 
     on_token = (lambda piece: show(shown.feed(piece))) if stream and not as_json else None
@@ -183,6 +186,10 @@ def ask(question: str = typer.Argument(..., help="The question."),
     if on_token:
         show(shown.finish())
         out.print()
+        if " ".join("".join(streamed).split()) != " ".join(result.answer.split()):  # checking changed it
+            out.print("[yellow]checked answer[/] [dim](the text above as generated; loradex's checks changed it, "
+                      "this is the answer they verified)[/]", highlight=False)
+            out.print(result.answer, highlight=False, markup=False)
     else:
         out.print(result.answer, highlight=False, markup=False)
     r = result.route

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cite import Verification, content_words, drop_repeats, local_support, unsupported, verify, without_label
+from .cite import Verification, content_words, drop_repeats, local_support, uncited, unsupported, verify, without_label
 from .conversation import Conversation, fit, into_messages, search_query
 from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
@@ -184,8 +184,9 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0)
         verification, removed = _drop_unsupported(verification, label_of(project, p.route.domain))
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in verification.text.lower() for x in _NOT_COVERED) and not verification.checks
+    flagged = [*verification.flagged, *([] if abstained else uncited(verification, [h.chunk.text for h in hits]))]
     return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
-                  tuple(verification.flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated), tuple(removed))
+                  tuple(flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated), tuple(removed))
 
 
 def label_of(project: Project, domain: str | None) -> str | None:

@@ -245,7 +245,9 @@ class Answer:
 
     `answer` is the generated text with citations of missing sources removed; `abstained` is true when the
     documents did not cover the question (no generation, or the model said so without citing);
-    `flagged` holds cited sentences no cited passage supports (`sentence`, `cited`, `supported_by`);
+    `flagged` holds the sentences no source checked supports (`sentence`, `cited`, `supported_by`): cited ones
+    no cited passage supports, and those of three content words or more left uncited (`cited` empty;
+    `loradex.cite.uncited`);
     `repeated` holds the sentences removed from the answer as repeats of an earlier one
     (`loradex.cite.same_sentence`; degenerate output: non-empty means the model looped and the answer deserves
     a second look); `removed` holds the sentences no source supports that `answer.unsupported: drop` took out;

@@ -61,8 +61,9 @@ def test_unsupported_sentences_are_flagged_or_dropped_as_configured(project_dir,
     ingest(proj)
     a = answer(proj, "When must theft be reported to the police?", route=False)
     if mode == "flag":
-        assert a.answer == DROPPED and a.removed == () and [f["sentence"] for f in a.flagged] == [
-            "Limits: Bikes over EUR 900 are excluded."]
+        # both sentences no source supports are listed: the cited one, and the uncited one (`cited` empty)
+        assert a.answer == DROPPED and a.removed == () and [(f["sentence"], f["cited"]) for f in a.flagged] == [
+            ("Limits: Bikes over EUR 900 are excluded.", [1]), ("Stolen bikes are replaced new for old.", [])]
         return
     assert a.answer == "Answer: Call the police within 24 hours [1].\nLimits: none stated."
     assert a.removed == ("Stolen bikes are replaced new for old.", "Bikes over EUR 900 are excluded.")
@@ -128,6 +129,20 @@ def test_cli_stream_prints_the_checked_answer_when_checking_changed_the_text(pro
     monkeypatch.setattr(echo, "from_project", lambda p: EchoEngine(reply="Call the police within 24 hours. [1]"))
     r = runner.invoke(app, ["ask", q, "-p", str(root), "--stream"])
     assert r.exit_code == 0 and "checked answer" not in r.stdout  # nothing changed: printed once
+
+
+def test_cli_marks_every_sentence_no_source_supports_cited_or_not(project_dir, monkeypatch):
+    """In the default `answer.unsupported: flag`, a new user saw uncited, false sentences printed with no mark."""
+    import loradex.engine.echo as echo
+
+    root = project_dir(DOCS, ECHO.replace("attribute: false}", "attribute: true}"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", "-p", str(root)]).exit_code == 0
+    monkeypatch.setattr(echo, "from_project", lambda p: EchoEngine(reply=DROPPED))
+    r = runner.invoke(app, ["ask", "When must theft be reported to the police?", "-p", str(root), "--no-route"])
+    assert r.exit_code == 0, r.output
+    assert "uncited, no source supports it: Stolen bikes are replaced new for old." in r.stdout
+    assert "unsupported: Limits: Bikes over EUR 900 are excluded." in r.stdout
 
 
 def test_uncited_supported_answer_gets_an_added_citation(project_dir):

@@ -213,7 +213,8 @@ def _print_sources(result: Answer) -> None:
         out.print(f"[yellow]removed, no source supports it:[/] {r}", highlight=False)
     for f in result.flagged:
         better = f" (source {', '.join(map(str, f['supported_by']))} would support it)" if f["supported_by"] else ""
-        out.print(f"[red]unsupported:[/] {f['sentence']}{better}", highlight=False)
+        what = "unsupported:" if f["cited"] else "uncited:" if better else "uncited, no source supports it:"
+        out.print(f"[red]{what}[/] {f['sentence']}{better}", highlight=False)
     out.print("\n[bold]Sources[/]")
     for s in result.sources:
         found = "" if s.in_prompt else " [dim](found after the answer: not in the prompt)[/]"

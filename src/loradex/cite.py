@@ -34,7 +34,11 @@ CITATION = re.compile(
 _CITATION_RUN = re.compile(rf"(?:{CITATION.pattern})+", re.IGNORECASE)  # [1][2] is one citation, [1, 2]
 _CITED_NUMBER = re.compile(r"(\d{1,3})(?:\s*(?:-|\u2013|\u2014|to)\s*[a-z]*\s*#?(\d{1,3}))?", re.IGNORECASE)
 MAX_RANGE = 20  # [1-300] is not read as 300 citations: a wider range counts its two ends only
-_SENTENCE = re.compile(rf"[^.!?\n]+(?:[.!?]+|\n|$)(?:{CITATION.pattern})*", re.IGNORECASE)
+# A full stop that does not end a sentence: a decimal point ("1.3"), inside or at the end of an abbreviation of
+# single letters followed by more of the sentence ("U.S. Department", "e.g. a", "N.T."), or after a title ("Dr.").
+_NOT_END = (r"(?<=\d)\.(?=\d)|(?<![a-z])[a-z]\.(?=[a-z]\.)|(?<=[a-z]\.)[a-z]\.(?=[ \t]+[^\s\[])"
+            r"|\b(?:mr|mrs|ms|dr|prof|st|vs|cf|approx)\.(?=[ \t]+[^\s\[])")
+_SENTENCE = re.compile(rf"(?:{_NOT_END}|[^.!?\n])+(?:[.!?]+|\n|$)(?:{CITATION.pattern})*", re.IGNORECASE)
 _BULLET_ONLY = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])?\s*$")
 _LIST_MARK = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")

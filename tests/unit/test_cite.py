@@ -228,3 +228,26 @@ def test_a_citation_is_not_verified_when_the_claim_and_its_source_disagree_in_po
         assert "negated" in s.reason
     v = verify(f"{claim} [1]", [passage])
     assert bool(v.flagged) is not ok
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a new user saw "…subject to the U. [4]S. Department of Commerce…": loradex cited half an abbreviation
+    ("The policy follows the U.S. Department of Commerce principles. It applies to apps.",
+     ["The policy follows the U.S. Department of Commerce principles.", "It applies to apps."]),
+    ("The privacy policy of Live N.T. applies here. See the site.",
+     ["The privacy policy of Live N.T. applies here.", "See the site."]),
+    ("Pay by e.g. a bank transfer, i.e. not cash. Fine.", ["Pay by e.g. a bank transfer, i.e. not cash.", "Fine."]),
+    ("The excess is EUR 1.5 thousand. Dr. Lee agreed.", ["The excess is EUR 1.5 thousand.", "Dr. Lee agreed."]),
+    ("It is covered in the U.S. [1] Not elsewhere. [2]", ["It is covered in the U.S. [1]", "Not elsewhere. [2]"]),
+    ("Is it covered? No. We pay EUR 2,500.", ["Is it covered?", "No.", "We pay EUR 2,500."]),
+])
+def test_sentences_do_not_end_inside_abbreviations_or_numbers(text, expected):
+    from loradex.cite import sentences
+
+    assert sentences(text) == expected
+
+
+def test_attribution_cites_a_sentence_with_an_abbreviation_after_it_not_inside():
+    passage = "Transfers follow the U.S. Department of Commerce Safe Harbor principles of notice and choice."
+    v = verify("Transfers follow the U.S. Department of Commerce Safe Harbor principles.", [passage], attribute=True)
+    assert v.text == "Transfers follow the U.S. Department of Commerce Safe Harbor principles. [1]"

@@ -33,7 +33,7 @@ def tiny_dir(tmp_path_factory):
 def project(tmp_path, tiny_dir):
     root = tmp_path / "proj"
     root.mkdir()
-    (root / "loradex.yaml").write_text(f"embedder: hashing\nmodel: {tiny_dir}\ndomains:\n  claims: {{}}\n")
+    (root / "loradex.yaml").write_text(f"embedder: hashing\nmodel: {tiny_dir}\ndomains:\n  claims: {{}}\n  billing: {{}}\n")
     data = root / "claims.jsonl"
     data.write_text("\n".join(json.dumps(e) for e in EXAMPLES) + "\n")
     return open_project(root)
@@ -229,6 +229,12 @@ def test_cli_train_list_activate_rollback(project):
     r = runner.invoke(app, ["adapters", "export", "claims", str(out), "--version", version[:8], "-p", p, "--json"])
     assert r.exit_code == 0 and (out / "adapter_model.safetensors").is_file() and (out / "manifest.json").is_file()
     assert runner.invoke(app, ["adapters", "export", "claims", str(out), "--version", version, "-p", p]).exit_code == 1
+    # a domain the project does not declare is refused, naming those it has, and nothing is registered
+    r = runner.invoke(app, ["adapters", "import", str(out), "--domain", "legal", "-p", p])
+    assert r.exit_code != 0 and "unknown domain 'legal'; the project has: claims, billing" in r.output
+    assert not any(v["label"].startswith("legal@") for v in project.registry.versions())
+    r = runner.invoke(app, ["adapters", "activate", "legal", version[:12], "-p", p])
+    assert r.exit_code != 0 and "unknown domain 'legal'" in r.output
     r = runner.invoke(app, ["adapters", "import", str(out), "--domain", "billing", "--activate", "-p", p, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout) == {"imported": f"billing@sha256:{version[:12]}", "active": True}
     ref = project.registry.resolve("billing")

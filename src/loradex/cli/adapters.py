@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ..adapters.train import TrainSettings
+from ..errors import QueryError
 from ._common import JsonOpt, ProjectOpt, emit, err, new_app, open_checked, out, progress
 
 adapters_app = new_app("List, activate, roll back, remove, export and import LoRA adapters.")
@@ -35,7 +36,7 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
     from ..adapters.train import train as run_train
 
     train_settings = _train_settings(settings)
-    proj = open_checked(project)
+    proj = _open_for(project, domain)
     examples, dupes = load_examples(data)
     if dupes and not as_json:
         err.print(f"[yellow]dropped {dupes} duplicate example(s)[/]")
@@ -71,6 +72,18 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
               f"(best at step {metrics['best_step']}), "
               f"{metrics['steps']} steps in {metrics['seconds']:.0f} s; loss curve: {ref.path / 'loss_curve.png'}",
               highlight=False)
+
+
+def _open_for(project: Path, domain: str) -> Any:
+    """The project, for training, importing or activating an adapter of `domain`. Raises QueryError when the
+    project declares domains and `domain` is not one of them: the router would never send a question to it (a
+    project without `domains:` names its adapters freely: the Python API and eval questions name the domain)."""
+    proj = open_checked(project)
+    names = list(proj.config.domains)
+    if names and domain not in names:
+        raise QueryError(f"unknown domain {domain!r}; the project has: {', '.join(names)}. An adapter under another "
+                         "name would never be served: use one of those, or add the domain to loradex.yaml first")
+    return proj
 
 
 def _check(proj: Any, domain: str, examples: list, settings: TrainSettings, as_json: bool) -> None:
@@ -187,7 +200,7 @@ def adapters_show(domain: str, version: Optional[str] = typer.Argument(None, hel
 def adapters_activate(domain: str, version: str = typer.Argument(..., help="Hash prefix of the version."),
                       project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Validate a version and make it the domain's active adapter (atomic)."""
-    ref = open_checked(project).registry.activate(domain, version)
+    ref = _open_for(project, domain).registry.activate(domain, version)
     emit({"active": ref.label}) if as_json else out.print(f"active: {ref.label}")
 
 
@@ -226,7 +239,7 @@ def adapters_import(path: Path = typer.Argument(..., help="A PEFT adapter folder
                         "fit this base's shapes): for this model under another name.")),
                     project: Path = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Validate and register an adapter trained elsewhere (safetensors only, same base model)."""
-    ref = open_checked(project).registry.import_folder(path, domain, activate=activate, other_base=other_base)
+    ref = _open_for(project, domain).registry.import_folder(path, domain, activate=activate, other_base=other_base)
     emit({"imported": ref.label, "active": activate}) if as_json else out.print(f"imported {ref.label}")
 
 

@@ -198,6 +198,27 @@ def test_bad_files_are_reported_skipped_and_lose_nothing(project_dir):
     assert proj.store.chunks("docs/billing/guide.pdf") == before  # the last good version still serves
 
 
+def test_files_of_other_kinds_in_a_source_folder_are_listed_as_ignored(project_dir):
+    """A new user's .png, .csv and .doc beside the documents vanished without a word."""
+    from typer.testing import CliRunner
+
+    from loradex.cli import app
+
+    root = project_dir(DOCS, CONFIG)
+    (root / "docs/misc").mkdir()
+    for name in ("img.png", "table.csv", "old.doc"):
+        (root / "docs/misc" / name).write_bytes(b"data")
+    (root / "docs/.git").mkdir()
+    (root / "docs/.git/config").write_text("hidden folders are not walked")
+    report = ingest(_open(root))
+    assert report.ignored == ["docs/misc/img.png", "docs/misc/old.doc", "docs/misc/table.csv"]
+    assert report.skipped == [] and report.to_dict()["ignored"] == report.ignored
+    (root / "docs/misc/more.xlsx").write_bytes(b"data")
+    r = CliRunner().invoke(app, ["ingest", "-p", str(root)])
+    assert r.exit_code == 0  # not an error: nothing loradex reads was lost
+    assert "ignored 4 file(s) of kinds loradex does not read (docs/misc/img.png" in " ".join(r.output.split())
+
+
 def test_metadata_change_reindexes_without_content_change(project_dir):
     root = project_dir(DOCS, CONFIG)
     proj = _open(root)

@@ -46,6 +46,14 @@ def ingest(paths: list[Path] = typer.Argument(None, help="Files or folders (defa
             err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
         for path, part in report.unread:
             err.print(f"[yellow]not read[/] {path}: {part}", highlight=False)
+        if report.ignored:
+            from ..ingest.parse import FORMATS
+
+            shown = ", ".join(report.ignored[:5]) + (f" and {len(report.ignored) - 5} more" if len(report.ignored) > 5
+                                                     else "")
+            err.print(f"[dim]ignored {len(report.ignored)} file(s) of kinds loradex does not read ({shown}); it "
+                      f"reads {' '.join(FORMATS)}: convert a document to one of those to index it[/]",
+                      highlight=False)
     if report.skipped:
         raise typer.Exit(EXIT_SKIPPED)
 

@@ -58,7 +58,8 @@ class IngestReport:
     """What one ingest run did, by document id; `skipped` pairs a path with the reason; `unread` pairs the path
     of a document that was indexed with one part of it that was not (an image-only page, a page header,
     page furniture; `ParsedDocument.unread`); `reused_vectors` counts chunk embeddings an interrupted earlier
-    run had computed (`loradex.ingest.pending`); `seconds` is wall time."""
+    run had computed (`loradex.ingest.pending`); `ignored` lists the files of kinds loradex does not read
+    found in the source folders (not an error: a docs folder may hold images); `seconds` is wall time."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
@@ -66,6 +67,7 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unread: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
     chunks: int = 0
     reused_vectors: int = 0
     seconds: float = 0.0
@@ -75,7 +77,7 @@ class IngestReport:
                 "removed": self.removed, "chunks": self.chunks, "reused_vectors": self.reused_vectors,
                 "seconds": round(self.seconds, 3),
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-                "unread": [{"path": p, "part": what} for p, what in self.unread]}
+                "unread": [{"path": p, "part": what} for p, what in self.unread], "ignored": self.ignored}
 
 
 def document_meta(config: DocMeta, metadata: dict) -> DocMeta:
@@ -137,10 +139,12 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
     return stored
 
 
-def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[Path], str] = str) -> list[Path]:
+def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[Path], str] = str,
+         ignored: list[str] | None = None) -> list[Path]:
     """Supported files under the roots (hidden folders skipped); a named file of another kind is reported, and
     so is every symbolic link met inside a folder, never followed: a link would bring in a file from elsewhere
     (outside the project, or from another group's folder) under this folder's domain and access groups.
+    Files of other kinds found in a folder (an image beside the documents) are listed in `ignored`.
     `name(path)` is how a reported path is written."""
     files: list[Path] = []
     for root in roots:
@@ -168,6 +172,8 @@ def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[
                     continue
                 if detect_format(p) is not None:
                     files.append(p)
+                elif ignored is not None:
+                    ignored.append(name(p))
         else:
             skipped.append((str(root), "no such file or folder"))
     return list(dict.fromkeys(files))
@@ -215,7 +221,7 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
                              f"{name!r}: run `loradex ingest --rebuild`")
         manifest["embedder"] = name
         known = manifest.setdefault("documents", {})
-        files = walk(roots, report.skipped, name=lambda p: _link_name(project, p))
+        files = walk(roots, report.skipped, name=lambda p: _link_name(project, p), ignored=report.ignored)
         chunker = f"{CHUNKER_VERSION}:{project.config.chunking.max_tokens}"
         rechunk = manifest.get("chunker") != chunker  # a new chunker or bound re-chunks every document
         pending = list(_changed(project, files, known, report, rechunk=rechunk))

@@ -5,6 +5,7 @@ Owns the schema and its error messages only; it does not touch the index or the 
 from __future__ import annotations
 
 import re
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Literal
 
@@ -293,10 +294,13 @@ class ProjectConfig(_Model):
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
+    """Each bad field on a line; an unknown field gets the closest known one ("retreival": retrieval?)."""
+    known = {name for m in _Model.__subclasses__() for name in m.model_fields}
     lines = [f"{path}: invalid project file"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
+        close = get_close_matches(str(e["loc"][-1]), known, n=1) if e["type"] == "extra_forbidden" else []
+        lines.append(f"  {where}: {e['msg']}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return "\n".join(lines)
 
 
@@ -307,8 +311,10 @@ def load_config(path: Path) -> ProjectConfig:
         raise ConfigError(f"{path} not found: create a project with `loradex init {path.parent}`")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except yaml.YAMLError as e:  # where and what, not PyYAML's "<unicode string>" and its quoting
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it "
                           "as UTF-8") from None

@@ -33,7 +33,8 @@ def tiny_dir(tmp_path_factory):
 def project(tmp_path, tiny_dir):
     root = tmp_path / "proj"
     root.mkdir()
-    (root / "loradex.yaml").write_text(f"embedder: hashing\nmodel: {tiny_dir}\ndomains:\n  claims: {{}}\n  billing: {{}}\n")
+    domains = "domains:\n  claims: {}\n  billing: {}\n"
+    (root / "loradex.yaml").write_text(f"embedder: hashing\nmodel: {tiny_dir}\n{domains}")
     data = root / "claims.jsonl"
     data.write_text("\n".join(json.dumps(e) for e in EXAMPLES) + "\n")
     return open_project(root)

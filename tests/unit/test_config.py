@@ -19,6 +19,9 @@ def test_unknown_field_names_field_and_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(path) in str(e.value) and "retrieval.kk" in str(e.value)
+    path.write_text("retreival:\n  k: 3\n")  # a misspelt section gets the closest known field
+    with pytest.raises(ConfigError, match=r"retreival: Extra inputs are not permitted \(did you mean 'retrieval'\?\)"):
+        load_config(path)
 
 
 def test_wrong_type_names_nested_field(tmp_path):
@@ -33,9 +36,11 @@ def test_out_of_range_and_bad_yaml(tmp_path):
     path.write_text("chunking:\n  max_tokens: 3\n")
     with pytest.raises(ConfigError, match="chunking.max_tokens"):
         load_config(path)
-    path.write_text("a: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    path.write_text("name: x\ndomains:\n  a: [\n  b: 2\n")
+    with pytest.raises(ConfigError) as e:
         load_config(path)
+    # the file, the place and the problem; not PyYAML's "<unicode string>" (a new user saw that)
+    assert str(e.value) == f"{path}: not valid YAML at line 5, column 1: expected ',' or ']', but got '<stream end>'"
 
 
 def test_missing_project_says_how_to_create_one(tmp_path):

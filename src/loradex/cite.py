@@ -339,21 +339,6 @@ def unsupported(verification: Verification) -> list[str]:
     return list(dict.fromkeys(c for c in claims if len(content_words(c)) >= 3))
 
 
-def uncited(verification: Verification, passages: list[str]) -> list[dict]:
-    """The answer's sentences of three content words or more that carry no citation, in the form of
-    `Verification.flagged` (`sentence` without its field label, `cited` empty, `supported_by` the sources that
-    support it in one place, `local_support`): with attribution on, which cites every sentence a source
-    supports, that list is empty, so each of these is a sentence no source supports."""
-    out = []
-    for sent in sentences(verification.text):
-        claim = without_label(CITATION.sub("", sent).strip())
-        if parse_citations(sent) or len(content_words(claim)) < 3:
-            continue
-        others = [n for n, p in enumerate(passages, start=1) if local_support(claim, p).ok]
-        out.append({"sentence": claim, "cited": [], "supported_by": others})
-    return out
-
-
 def local_support(claim: str, passage: str) -> Support:
     """Whether one place in `passage` supports `claim`: `support` against each sentence or line of the passage
     and each pair of neighbouring ones, the strongest kept. Stricter than `support` on the whole passage, which

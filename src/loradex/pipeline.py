@@ -26,7 +26,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cite import Verification, content_words, drop_repeats, local_support, uncited, unsupported, verify, without_label
+from .cite import (
+    CITATION,
+    Verification,
+    content_words,
+    drop_repeats,
+    local_support,
+    parse_citations,
+    sentences,
+    unsupported,
+    verify,
+    without_label,
+)
 from .conversation import Conversation, fit, into_messages, search_query
 from .engine import Generation, GenerationRequest
 from .prompt import NO_SOURCES, build_messages, system_message
@@ -184,7 +195,7 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0)
         verification, removed = _drop_unsupported(verification, label_of(project, p.route.domain))
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in verification.text.lower() for x in _NOT_COVERED) and not verification.checks
-    flagged = [*verification.flagged, *([] if abstained else uncited(verification, [h.chunk.text for h in hits]))]
+    flagged = [*verification.flagged, *([] if abstained else _uncited(verification, [h.chunk.text for h in hits]))]
     return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
                   tuple(flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated), tuple(removed))
 
@@ -194,6 +205,21 @@ def label_of(project: Project, domain: str | None) -> str | None:
     dom = project.config.domains.get(domain) if domain else None
     fmt = project.config.formats.get(dom.format) if dom and dom.format else None
     return fmt.label if fmt else None
+
+
+def _uncited(verification: Verification, passages: list[str]) -> list[dict]:
+    """The answer's sentences of three content words or more that carry no citation, in the form of
+    `Verification.flagged` (`sentence` without its field label, `cited` empty, `supported_by` the sources that
+    support it in one place, `local_support`): with attribution on, which cites every sentence a source
+    supports, that list is empty, so each of these is a sentence no source supports."""
+    out = []
+    for sent in sentences(verification.text):
+        claim = without_label(CITATION.sub("", sent).strip())
+        if parse_citations(sent) or len(content_words(claim)) < 3:
+            continue
+        others = [n for n, p in enumerate(passages, start=1) if local_support(claim, p).ok]
+        out.append({"sentence": claim, "cited": [], "supported_by": others})
+    return out
 
 
 def _drop_unsupported(verification: Verification, keep: str | None) -> tuple[Verification, list[str]]:

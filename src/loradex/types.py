@@ -247,7 +247,7 @@ class Answer:
     documents did not cover the question (no generation, or the model said so without citing);
     `flagged` holds the sentences no source checked supports (`sentence`, `cited`, `supported_by`): cited ones
     no cited passage supports, and those of three content words or more left uncited (`cited` empty;
-    `loradex.cite.uncited`);
+    `loradex.pipeline.complete`);
     `repeated` holds the sentences removed from the answer as repeats of an earlier one
     (`loradex.cite.same_sentence`; degenerate output: non-empty means the model looped and the answer deserves
     a second look); `removed` holds the sentences no source supports that `answer.unsupported: drop` took out;

@@ -21,6 +21,7 @@ with key terms of the earlier user turns added; the kept turns and the client's 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ __all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joi
 
 _NOT_COVERED = ("do not cover", "does not cover", "don't cover", "not covered by the documents")
 SEARCHED_MIN_STRENGTH = 0.8  # a passage searched for by the sentence's own words needs more than the usual 0.6
+_FINISHED = re.compile(r"[.!?:][\"'”’)\]]*(?:\s*\[[\d,\s]+\])*\s*$")  # a sentence's end, a citation after it
 _SOURCE_STOPS = ("\nQuestion:",)  # a small model may go on to invent the next turn of the prompt's format
 
 
@@ -175,11 +177,16 @@ def prepare(project: Project, question: str, *, k: int | None = None, domain: st
                     filters)
 
 
-def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0) -> Answer:
+def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0,
+             finish_reason: str | None = None) -> Answer:
     """Remove repeated sentences from the generated `text`, verify its citations against the prepared sources
-    and build the Answer."""
+    and build the Answer. With `finish_reason` "length" (the token budget ran out), an unfinished last
+    sentence is left out before checking and kept in `usage["unfinished"]`: half a sentence is not an answer,
+    and loradex would otherwise cite it."""
     p.timings["generate"] = generate_ms
     text, repeated = drop_repeats(text.strip())
+    if finish_reason == "length":
+        text = _without_unfinished(text, p.usage)
     if not p.hits:
         return Answer(p.question, text, (), (), False, (), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
     t0 = time.perf_counter()
@@ -220,6 +227,16 @@ def _uncited(verification: Verification, passages: list[str]) -> list[dict]:
         others = [n for n, p in enumerate(passages, start=1) if local_support(claim, p).ok]
         out.append({"sentence": claim, "cited": [], "supported_by": others})
     return out
+
+
+def _without_unfinished(text: str, usage: dict) -> str:
+    """`text` without its last sentence when that does not end as a sentence does (., !, ?, :, a closing quote
+    or bracket, or a citation), recorded in `usage["unfinished"]`; unchanged when it is the only sentence."""
+    parts = sentences(text)
+    if len(parts) < 2 or _FINISHED.search(parts[-1]):
+        return text
+    usage["unfinished"] = parts[-1]
+    return text[: text.rstrip().rfind(parts[-1])].rstrip()
 
 
 def _drop_unsupported(verification: Verification, keep: str | None) -> tuple[Verification, list[str]]:
@@ -305,7 +322,7 @@ def answer(project: Project, question: str, *, k: int | None = None, domain: str
     p.timings["load"] += (t1 - t_engine) * 1000
     assert p.request is not None
     text = _generate(engine, p.request, on_token, p.timings, p.usage)
-    return complete(project, p, text, (time.perf_counter() - t1) * 1000)
+    return complete(project, p, text, (time.perf_counter() - t1) * 1000, p.usage.get("finish_reason"))
 
 
 def _generate(engine: Engine, request: GenerationRequest, on_token: Callable[[str], None] | None,

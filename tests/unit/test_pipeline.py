@@ -145,6 +145,28 @@ def test_cli_marks_every_sentence_no_source_supports_cited_or_not(project_dir, m
     assert "unsupported: Limits: Bikes over EUR 900 are excluded." in r.stdout
 
 
+def test_an_answer_cut_by_the_token_budget_loses_its_unfinished_last_sentence(project_dir):
+    """A new user's answer ended "The privacy policy of the sites and apps of [2]": cut by max_new_tokens, and
+    cited by loradex."""
+    reply = "Call the police within 24 hours. [1] Then report it to Harbor Mutual within 7 days of the theft."
+    cfg = ECHO.replace("attribute: false}", "attribute: true, max_new_tokens: 10}")
+    proj = open_project(project_dir(DOCS, cfg), engine=EchoEngine(reply=reply))
+    ingest(proj)
+    a = answer(proj, "When must theft be reported to the police?", route=False)
+    assert a.usage["finish_reason"] == "length"
+    assert a.answer == "Call the police within 24 hours. [1]" and a.usage["unfinished"] == "Then report it"
+    assert [c.n for c in a.citations] == [1]
+    whole = open_project(project_dir(DOCS, ECHO), engine=EchoEngine(reply=reply))
+    ingest(whole)
+    a = answer(whole, "When must theft be reported to the police?", route=False)  # within budget: untouched
+    assert a.usage["finish_reason"] == "stop" and "unfinished" not in a.usage and "Harbor Mutual" in a.answer
+    one = open_project(project_dir(DOCS, cfg), engine=EchoEngine(reply="Call the police within 24 hours or as"
+                                                                          " soon as you can after the theft"))
+    ingest(one)
+    a = answer(one, "When must theft be reported to the police?", route=False)  # a lone sentence stays
+    assert a.answer.startswith("Call the police within 24 hours or as soon") and "unfinished" not in a.usage
+
+
 def test_uncited_supported_answer_gets_an_added_citation(project_dir):
     root = project_dir(DOCS, CONFIG + "engine: echo\nanswer: {min_dense_score: 0.2, attribute: true}\n")
     proj = open_project(root, engine=EchoEngine(reply="Call the police within 24 hours."))

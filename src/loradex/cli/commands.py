@@ -219,6 +219,9 @@ def _print_sources(result: Answer) -> None:
         out.print(f"[yellow]removed {len(result.repeated)} repeated sentence(s): the model looped[/]", highlight=False)
     for r in result.removed:
         out.print(f"[yellow]removed, no source supports it:[/] {r}", highlight=False)
+    if result.usage.get("unfinished"):
+        out.print(f"[yellow]cut at answer.max_new_tokens ({result.usage.get('completion_tokens')} tokens); the "
+                  f"unfinished last sentence was left out:[/] {result.usage['unfinished']}", highlight=False)
     for f in result.flagged:
         better = f" (source {', '.join(map(str, f['supported_by']))} would support it)" if f["supported_by"] else ""
         what = "unsupported:" if f["cited"] else "uncited:" if better else "uncited, no source supports it:"

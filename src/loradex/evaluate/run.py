@@ -98,7 +98,7 @@ def _ask(project: Project, q: Question, mode: str, cache: Path) -> Answer | None
         generate_ms = (time.perf_counter() - t0) * 1000
         write_text(path, json.dumps({**dataclasses.asdict(gen), "generate_ms": generate_ms}))
     record(gen, p.timings, p.usage)
-    return complete(project, p, gen.text, generate_ms)
+    return complete(project, p, gen.text, generate_ms, gen.finish_reason)
 
 
 def _format_of(project: Project, q: Question, routed: str | None) -> str | None:

@@ -199,7 +199,7 @@ async def _complete(state: ServerState, prepared: Prepared, reply: _Reply, t0: f
     else:
         assert prepared.request is not None
         gens, ms = await _generate(state, prepared.request, n, client)
-        answers = [complete(state.project, prepared, g.text, ms) for g in gens]
+        answers = [complete(state.project, prepared, g.text, ms, g.finish_reason) for g in gens]
     prompt_tokens = gens[0].prompt_tokens if gens else 0
     completion_tokens = sum(g.completion_tokens for g in gens)
     reasons = [g.finish_reason for g in gens] or ["stop"] * n

@@ -116,6 +116,9 @@ def sentences(text: str) -> list[str]:
 _FIELD_LABEL = re.compile(r"^\s*[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:\s+")  # "Why: ", "Next steps: "
 _NEGATIONS = frozenset({"no", "not", "never", "nor"})  # "covered" and "not covered" are two claims
 _CLAUSE = re.compile(r"[,;:]|\b(?:and|but|or|while|whereas|unless|except)\b", re.IGNORECASE)
+_SUBJECT = r"(?:we|you|your|they|their|it|its|he|she|this|that|there|i)\b"
+# a clause with a subject of its own: "If we cannot make the changes, | we will update the policy"
+_SUBCLAUSE = re.compile(rf";|,\s*(?={_SUBJECT})|\b(?:and|or)\s+(?={_SUBJECT})|\b(?:but|while|whereas)\b", re.I)
 _EXCLUDES = re.compile(r"\bexclu(?:ded|des|de|sions?)\b|\bnot covered\b", re.IGNORECASE)
 _HEADINGS = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
 _NEGATION = re.compile(r"\b(?:no(?!-)|not|never|nor|cannot)\b|n't\b|n’t\b", re.IGNORECASE)
@@ -250,10 +253,12 @@ def _polarity(claim: str, claim_words: set[str], passage: str) -> str | None:
     claim without one whose best-matching clause of that sentence is negated ("cover theft" against "do not
     cover theft"). A lexical stand-in for the contradiction an entailment model would catch."""
     region = _region(claim_words, passage)
-    if negated(claim):
+    if negated(claim):  # the negation must sit in the part of the sentence it matches, not in another clause
         at = passage.find(region)
         heading = _HEADINGS.findall(passage[: max(at, 0)])
-        if negated(region) or _EXCLUDES.search(region) or (heading and _EXCLUDES.search(heading[-1])):
+        parts = [c for c in _SUBCLAUSE.split(region) if c.strip()] or [region]
+        matched = max(parts, key=lambda c: len(claim_words & set(content_words(c))))
+        if negated(matched) or _EXCLUDES.search(region) or (heading and _EXCLUDES.search(heading[-1])):
             return None  # "not covered" against an item of a list headed "Exclusions"
     else:  # the clause it matches: "you pay no excess and your no-claims discount is protected" supports the latter
         clauses = [c for c in _CLAUSE.split(region) if c.strip()] or [region]

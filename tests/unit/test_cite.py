@@ -220,6 +220,14 @@ LEVELS = ("Theft of the car itself is covered under Third Party, Fire and Theft 
     ("Storm damage to fences is not covered.", "## Buildings-only exclusions\n\n- Storm or flood damage to fences.",
      True),
     ("Storm damage to fences is not covered.", "## Buildings cover\n\n- Storm or flood damage to fences.", False),
+    # a negation in another clause of the sentence is not the claim's (a new user's "The Privacy Policy is not
+    # updated." had been verified against a sentence whose "cannot" was about something else)
+    ("The privacy policy is not updated.",
+     "If we cannot make the changes you want, we will update the privacy policy.", False),
+    ("We cannot make the changes you want.",
+     "If we cannot make the changes you want, we will update the privacy policy.", True),
+    ("Contents does not cover drones.", "Contents does not cover motor vehicles, caravans, trailers, boats, drones.",
+     True),
 ])
 def test_a_citation_is_not_verified_when_the_claim_and_its_source_disagree_in_polarity(claim, passage, ok):
     s = support(claim, passage)

@@ -362,6 +362,7 @@ answer:
   attribute: true          # cite uncited sentences that a source supports (marked 'added')
   search_support: 3        # search the documents for up to 3 sentences no prompt source supports (0: off)
   min_dense_score: 0.3     # abstain when no passage is at least this similar to the question
+  unsupported: flag        # a sentence no source supports: flag (shown, marked) or drop (removed from the answer)
 
 store:
   backend: lancedb         # embedded, no server

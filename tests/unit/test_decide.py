@@ -81,8 +81,9 @@ def test_an_adapter_on_20_examples_that_adds_nothing_is_said_so(tiny_project):
     assert any("claims 20 against the rule of thumb of about 500" in n for n in c["notes"])
     # the echo engine ignores adapters: hybrid answers as rag does, so the adapter cannot change format adherence
     assert c["probes"]["format_gain"] == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 2}
-    assert c["disagreements"] == ["you said it is format or style, but the adapter does not raise format adherence: "
-                                  "rag 1.00 -> hybrid 1.00, difference +0.00 [+0.00, +0.00], n=2"]
+    assert c["disagreements"] == ["you said it is format or style, but the adapter does not raise format adherence "
+                                  "(the interval includes 0): rag 1.00 -> hybrid 1.00, difference +0.00 "
+                                  "[+0.00, +0.00], n=2"]
     assert c["recommendation"] == "both" and c["parts"]["adapter"] == "how it should answer: it is format or style"
 
 
@@ -121,6 +122,10 @@ def test_cli_decide_prints_cards_writes_the_report_and_refuses_unknown_names(tin
     assert cards[0]["recommendation"] == "both"
     one = json.loads(CliRunner().invoke(app, ["decide", "-p", root, "--json", "--limit", "1"]).stdout)["cards"]
     assert one[0]["probes"]["questions"] == 1
+    # one question is too few to measure anything: its bootstrap interval is a point (a new user saw a "measured"
+    # answer from n=1)
+    assert {a["source"] for a in one[0]["answers"].values()} <= {"stated", "inferred", "unknown"}
+    assert "too few questions to tell (n=1" in one[0]["answers"]["format_or_style"]["evidence"]
     bad = CliRunner().invoke(app, ["decide", "nope", "-p", root])
     assert bad.exit_code != 0 and "unknown capability nope; the project has tone" in bad.output
     # `loradex eval` on the capability's file carries the same cards in its report
@@ -154,7 +159,7 @@ def test_judgement_is_measured_against_always_giving_the_commonest_label():
     c = card("escalation", cap, {"documents": 0, "changed": 0, "changes": 0, "span_days": 0.0}, {}, False, p)
     assert c["disagreements"] == [  # an adapter that raises format adherence does not contradict "not format"
         "you said it is domain reasoning, but the adapter's judgement does not beat always giving the commonest "
-        f"label: majority 0.75 -> hybrid 0.50, difference {p['label_gain']['value']:+.2f} "
+        f"label (the interval includes 0): majority 0.75 -> hybrid 0.50, difference {p['label_gain']['value']:+.2f} "
         f"[{p['label_gain']['low']:+.2f}, {p['label_gain']['high']:+.2f}], n=8"]
     assert c["answers"]["format_or_style"]["answer"] is False and c["answers"]["pattern_recognition"] == {
         "answer": False, "source": "measured", "evidence": c["disagreements"][0].split("but ", 1)[1]}

@@ -56,6 +56,7 @@ WORDS = {  # question: (said yes, said no)
 _JUDGEMENT = ("the adapter's judgement beats always giving the commonest label",
               "the adapter's judgement does not beat always giving the commonest label", "majority", "hybrid",
               "label_accuracy", "label_gain")
+MIN_MEASURED = 2  # questions a measured answer needs: the bootstrap interval of one is a point, never spanning 0
 MEASURED = {  # question: (found yes, found no, from mode, to mode, metric, probe)
     "factual_lookup": ("sources raise containing the reference", "sources do not raise containing the reference",
                        "base", "rag", "contains_answer", "lookup_gain"),
@@ -156,8 +157,11 @@ def _found(name: str, changes: dict, has_docs: bool, p: dict) -> tuple[bool | No
     sign = _sign(p[key])
     if sign is None:
         return None, "unknown", f"not measured ({metric} is not defined on these questions)"
-    evidence = (f"{yes if sign > 0 else no}: {frm} {_mean(p, frm, metric)} -> {to} {_mean(p, to, metric)}, "
+    found = yes if sign > 0 else f"{no} (the interval includes 0)" if sign == 0 else no
+    evidence = (f"{found}: {frm} {_mean(p, frm, metric)} -> {to} {_mean(p, to, metric)}, "
                 f"difference {_show(p[key])}")
+    if p[key]["n"] < MIN_MEASURED:
+        return None, "unknown", f"too few questions to tell (n={p[key]['n']}, at least {MIN_MEASURED}): {evidence}"
     return sign > 0, "measured", evidence
 
 

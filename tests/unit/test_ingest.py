@@ -1,5 +1,6 @@
 import threading
 
+import numpy as np
 import pytest
 
 from loradex.embed import HashingEmbedder
@@ -226,10 +227,32 @@ def test_metadata_change_reindexes_without_content_change(project_dir):
     (root / "loradex.yaml").write_text((root / "loradex.yaml").read_text()
                                        + "metadata:\n  - {paths: ['docs/claims/*'], tags: [urgent]}\n")
     proj = _open(root)
+    before = {d: proj.store.export(d) for d in ("docs/claims/report.md", "docs/claims/theft.txt")}
+    embedded: list[str] = []
+    real = proj.embedder.embed
+    proj.embedder.embed = lambda texts, *a, **k: (embedded.extend(texts), real(texts, *a, **k))[1]
     report = ingest(proj)
     assert sorted(report.updated) == ["docs/claims/report.md", "docs/claims/theft.txt"]
+    searched = len(embedded)
     hits = _hits(proj, "police report", k=10, filters=Filters(tags=("urgent",)))
     assert {h.chunk.doc_id for h in hits} == {"docs/claims/report.md", "docs/claims/theft.txt"}
+    # only the tags changed: every stored vector is kept, nothing is embedded again (a new user saw a config
+    # change re-embed the whole corpus)
+    assert searched == 0 and report.kept_vectors == report.chunks > 0
+    for d, (_, vectors) in before.items():
+        assert np.array_equal(proj.store.export(d)[1], vectors)
+    # an edited document: only the chunk whose text changed is embedded
+    long = root / "docs/claims/long.md"
+    long.write_text("# Guide\n\n## Police\n\nCall the police.\n\n## Receipts\n\nKeep receipts.\n\n"
+                    "## Photos\n\nTake photos.\n")
+    ingest(proj)
+    embedded.clear()
+    long.write_text(long.read_text().replace("Keep receipts.", "Keep every receipt for stolen items."))
+    report = ingest(proj)
+    assert report.updated == ["docs/claims/long.md"] and report.kept_vectors == report.chunks - 1 >= 2
+    assert len(embedded) == 1 and "Keep every receipt" in embedded[0]
+    assert np.allclose(proj.store.export("docs/claims/long.md")[1], proj.embedder.embed(
+        [c.search_text() for c in proj.store.chunks("docs/claims/long.md")]), atol=1e-6)  # as a fresh embed
 
 
 def test_embedder_change_requires_rebuild(project_dir):

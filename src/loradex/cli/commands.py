@@ -41,6 +41,7 @@ def ingest(paths: list[Path] = typer.Argument(None, help="Files or folders (defa
                   f"{report.chunks} chunks written in {report.seconds:.1f} s"
                   + (f" ({report.reused_vectors} embeddings kept from an interrupted run)" if report.reused_vectors
                      else "")
+                  + (f"; {report.kept_vectors} of them unchanged, not embedded again" if report.kept_vectors else "")
                   + (f"; {len(report.unread)} part(s) not read" if report.unread else ""))
         for path, reason in report.skipped:
             err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)

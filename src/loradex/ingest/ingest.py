@@ -70,11 +70,13 @@ class IngestReport:
     ignored: list[str] = field(default_factory=list)
     chunks: int = 0
     reused_vectors: int = 0
+    kept_vectors: int = 0  # chunks whose text was already stored for their document: not embedded again
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
                 "removed": self.removed, "chunks": self.chunks, "reused_vectors": self.reused_vectors,
+                "kept_vectors": self.kept_vectors,
                 "seconds": round(self.seconds, 3),
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
                 "unread": [{"path": p, "part": what} for p, what in self.unread], "ignored": self.ignored}
@@ -105,10 +107,15 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
                     *, batch_chunks: int = 256,
                     on_commit: Callable[[list[PendingDoc], list[Chunk]], None] | None = None,
                     progress: Progress | None = None, total: int = 0,
-                    pending: PendingEmbeddings | None = None) -> int:
-    """Chunk, embed and store documents in batches; each batch is one atomic store commit. With `pending`,
-    vectors are committed to it a slice at a time as they are computed and dropped from it once stored, so an
-    interrupted run resumes its last batch (a large document is one batch) without embedding it again."""
+                    pending: PendingEmbeddings | None = None, kept: list[int] | None = None) -> int:
+    """Chunk, embed and store documents in batches; each batch is one atomic store commit. A chunk whose text
+    (`Chunk.search_text`) its document already has in the store keeps the stored vector instead of being
+    embedded again (a changed domain, tag or group, an edited paragraph of a long document): `kept[0]` counts
+    them. With `pending`, vectors are committed to it a slice at a time as they are computed and dropped from
+    it once stored, so an interrupted run resumes its last batch (a large document is one batch) without
+    embedding it again."""
+    import numpy as np
+
     batch: list[PendingDoc] = []
     chunks: list[Chunk] = []
     done = stored = 0
@@ -118,10 +125,18 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
         if not batch:
             return
         texts = [c.search_text() for c in chunks]
-        vectors = pending.embed(texts) if pending is not None else embedder.embed(texts)
+        old = _stored_vectors(store, [d.doc_id for d in batch], set(texts))
+        todo = [t for t in dict.fromkeys(texts) if t not in old]
+        if todo:
+            old.update(zip(todo, pending.embed(todo) if pending is not None else embedder.embed(todo)))
+        vectors = np.stack([old[t] for t in texts]).astype(np.float32) if texts else np.zeros((0, store.dim),
+                                                                                              np.float32)
         store.replace([d.doc_id for d in batch], chunks, vectors)
+        if kept is not None:
+            new = set(todo)
+            kept[0] += sum(1 for t in texts if t not in new)
         if pending is not None:
-            pending.forget(texts)
+            pending.forget(todo)
         if on_commit:
             on_commit(batch, chunks)
         done += len(batch)
@@ -137,6 +152,15 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
             commit()
     commit()
     return stored
+
+
+def _stored_vectors(store: Store, doc_ids: Sequence[str], wanted: set[str]) -> dict:
+    """The stored vectors of `doc_ids`' chunks whose `search_text` is in `wanted`, by that text."""
+    out: dict = {}
+    for doc_id in doc_ids:
+        chunks, vectors = store.export(doc_id)
+        out.update((c.search_text(), v) for c, v in zip(chunks, vectors) if c.search_text() in wanted)
+    return out
 
 
 def walk(roots: Sequence[Path], skipped: list[tuple[str, str]], name: Callable[[Path], str] = str,
@@ -242,12 +266,13 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
 
         if pending:  # the embedder (a model load) is needed only when something changed
             vectors = PendingEmbeddings(project.state_dir / "pending.sqlite", project.embedder)
+            kept = [0]
             try:
                 report.chunks = index_documents(project.store, project.embedder, pending,
                                                 project.config.chunking.max_tokens, on_commit=on_commit,
-                                                progress=progress, total=len(pending), pending=vectors)
+                                                progress=progress, total=len(pending), pending=vectors, kept=kept)
             finally:
-                report.reused_vectors = vectors.reused
+                report.reused_vectors, report.kept_vectors = vectors.reused, kept[0]
                 vectors.close()
         if prune:
             _prune(project, roots, files, manifest, report, outside=paths is None)

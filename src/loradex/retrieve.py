@@ -111,5 +111,7 @@ def widen(store: Store, hits: list[Hit], window: int, max_chars: int = 1600) -> 
             out.append(hit)
             continue
         source = replace(c.source, start=chosen[0].source.start, end=chosen[-1].source.end)
-        out.append(replace(hit, chunk=replace(c, text="\n\n".join(x.text for x in chosen), source=source)))
+        focus = sum(len(x.text) + 2 for x in chosen if x.ordinal < c.ordinal)
+        out.append(replace(hit, chunk=replace(c, text="\n\n".join(x.text for x in chosen), source=source),
+                           focus=focus))
     return out

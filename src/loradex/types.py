@@ -96,7 +96,8 @@ class Hit:
     `score` is what the ranking was sorted by, and its unit depends on the retrieval mode: the RRF sum
     (hybrid), the cosine similarity (dense) or the BM25 score (bm25). `dense_score` is always a cosine in
     [-1, 1] and `bm25_score` always a BM25 score (unbounded, >= 0), or None when that retriever did not
-    return the chunk; the ranks are 1-based."""
+    return the chunk; the ranks are 1-based. `focus` is where the matched chunk starts in `chunk.text` (characters)
+    once `loradex.retrieve.widen` has joined neighbouring chunks before it."""
 
     chunk: Chunk
     score: float
@@ -104,6 +105,7 @@ class Hit:
     bm25_score: float | None = None
     dense_rank: int | None = None
     bm25_rank: int | None = None
+    focus: int = 0
 
     def to_dict(self) -> dict:
         c = self.chunk
@@ -186,7 +188,8 @@ class SourceRef:
     """Source `n` of an answer: the passage put in the prompt as `<source n>`, with where it came from.
 
     `span` is the character span of the passage in the document's extracted text; `score` and
-    `dense_score` are the search's (see `Hit`); `quote` is the passage's first 200 characters; `in_prompt` is
+    `dense_score` are the search's (see `Hit`); `quote` is the passage's first 200 characters from
+    the chunk its heading names (`Hit.focus`); `in_prompt` is
     False for a passage loradex found after generation, searching for a sentence of the answer that no source in
     the prompt supported (`answer.search_support`)."""
 
@@ -206,8 +209,8 @@ class SourceRef:
     @classmethod
     def from_hit(cls, n: int, hit: Hit, in_prompt: bool = True) -> SourceRef:
         s, text = hit.chunk.source, hit.chunk.text
-        flat = " ".join(text.split())
-        quote = flat[:200] + ("..." if len(flat) > 200 else "")
+        flat = " ".join(text[hit.focus:].split())  # from the chunk its heading names, not a neighbour before it
+        quote = ("..." if hit.focus else "") + flat[:200] + ("..." if len(flat) > 200 else "")
         return cls(n, hit.chunk.chunk_id, s.path, s.page, s.heading_path, (s.start, s.end), hit.chunk.doc_version,
                    hit.score, hit.dense_score, quote, text, in_prompt)
 

@@ -95,5 +95,12 @@ def test_widen_adds_neighbours_merges_overlaps_and_respects_the_budget():
     assert wide[0].chunk.text == "\n\n".join(c.text for c in theft[1:4]) and wide[0].score == 0.9
     assert (wide[0].chunk.source.start, wide[0].chunk.source.end) == (100, 300 + len(theft[3].text))
     assert wide[2].chunk.text == theft[4].text  # its neighbour theft-3 went to the first passage
+    # the passage starts one chunk early; what `ask` shows under the matched chunk's heading starts at that chunk
+    # (a new user saw "> Insured events" above text that began "## Who and where is covered")
+    from loradex.types import SourceRef
+
+    assert wide[0].chunk.text[wide[0].focus:].startswith("First steps") and wide[2].focus == 0
+    assert SourceRef.from_hit(1, wide[0]).quote.startswith("...First steps: call the police.")
+    assert SourceRef.from_hit(3, wide[2]).quote == theft[4].text
     tight = widen(store, hits, 2, max_chars=len(theft[2].text) + len(theft[1].text) + 2)
     assert tight[0].chunk.text == theft[1].text + "\n\n" + theft[2].text  # nearest first, within the budget

@@ -35,9 +35,11 @@ _CITATION_RUN = re.compile(rf"(?:{CITATION.pattern})+", re.IGNORECASE)  # [1][2]
 _CITED_NUMBER = re.compile(r"(\d{1,3})(?:\s*(?:-|\u2013|\u2014|to)\s*[a-z]*\s*#?(\d{1,3}))?", re.IGNORECASE)
 MAX_RANGE = 20  # [1-300] is not read as 300 citations: a wider range counts its two ends only
 # A full stop that does not end a sentence: a decimal point ("1.3"), inside or at the end of an abbreviation of
-# single letters followed by more of the sentence ("U.S. Department", "e.g. a", "N.T."), or after a title ("Dr.").
-_NOT_END = (r"(?<=\d)\.(?=\d)|(?<![a-z])[a-z]\.(?=[a-z]\.)|(?<=[a-z]\.)[a-z]\.(?=[ \t]+[^\s\[])"
-            r"|\b(?:mr|mrs|ms|dr|prof|st|vs|cf|approx)\.(?=[ \t]+[^\s\[])")
+# single letters followed by more of the sentence ("U.S. Department", "e.g. a", "N.T."), or after a title ("Dr.
+# Lee"); but a word that mostly opens sentences after it ("in the U.S. The UK is not") starts a new one.
+_OPENER = r"(?-i:(?:The|This|That|These|It|We|You|Your|Our|They|There|He|She|If|In|For|But|So)\b)"
+_NOT_END = (rf"(?<=\d)\.(?=\d)|(?<![a-z])[a-z]\.(?=[a-z]\.)|(?<=[a-z]\.)[a-z]\.(?=[ \t]+(?!{_OPENER})[^\s\[])"
+            rf"|\b(?-i:Mr|Mrs|Ms|Dr|Prof|St|vs|cf|approx)\.(?=[ \t]+(?!{_OPENER})[^\s\[])")
 _SENTENCE = re.compile(rf"(?:{_NOT_END}|[^.!?\n])+(?:[.!?]+|\n|$)(?:{CITATION.pattern})*", re.IGNORECASE)
 _BULLET_ONLY = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])?\s*$")
 _LIST_MARK = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
@@ -257,8 +259,9 @@ def _polarity(claim: str, claim_words: set[str], passage: str) -> str | None:
         at = passage.find(region)
         heading = _HEADINGS.findall(passage[: max(at, 0)])
         parts = [c for c in _SUBCLAUSE.split(region) if c.strip()] or [region]
-        matched = max(parts, key=lambda c: len(claim_words & set(content_words(c))))
-        if negated(matched) or _EXCLUDES.search(region) or (heading and _EXCLUDES.search(heading[-1])):
+        score = [len(claim_words & set(content_words(c))) for c in parts]  # ties: any best part may carry it
+        if any(negated(c) for c, n in zip(parts, score) if n == max(score)) or _EXCLUDES.search(region) \
+                or (heading and _EXCLUDES.search(heading[-1])):
             return None  # "not covered" against an item of a list headed "Exclusions"
     else:  # the clause it matches: "you pay no excess and your no-claims discount is protected" supports the latter
         clauses = [c for c in _CLAUSE.split(region) if c.strip()] or [region]

@@ -56,7 +56,7 @@ __all__ = ["Prepared", "adapter_for", "answer", "choose_route", "complete", "joi
 
 _NOT_COVERED = ("do not cover", "does not cover", "don't cover", "not covered by the documents")
 SEARCHED_MIN_STRENGTH = 0.8  # a passage searched for by the sentence's own words needs more than the usual 0.6
-_FINISHED = re.compile(r"[.!?:][\"'”’)\]]*(?:\s*\[[\d,\s]+\])*\s*$")  # a sentence's end, a citation after it
+_FINISHED = re.compile(r"(?:[.!?:…][\"'”’)\]]*|[\"'”’)\]])$")  # how a finished sentence ends
 _SOURCE_STOPS = ("\nQuestion:",)  # a small model may go on to invent the next turn of the prompt's format
 
 
@@ -185,10 +185,11 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0,
     and loradex would otherwise cite it."""
     p.timings["generate"] = generate_ms
     text, repeated = drop_repeats(text.strip())
+    usage = dict(p.usage)  # its own: the n answers of one request share `p`
     if finish_reason == "length":
-        text = _without_unfinished(text, p.usage)
+        text = _without_unfinished(text, usage)
     if not p.hits:
-        return Answer(p.question, text, (), (), False, (), p.timings, p.usage, p.route, p.adapter, tuple(repeated))
+        return Answer(p.question, text, (), (), False, (), p.timings, usage, p.route, p.adapter, tuple(repeated))
     t0 = time.perf_counter()
     cfg = project.config.answer
     verification = verify(text, [h.chunk.text for h in p.hits], attribute=cfg.attribute)
@@ -198,13 +199,15 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0,
         sources = (*p.sources, *(SourceRef.from_hit(n, h, in_prompt=False)
                                  for n, h in enumerate(hits[len(p.hits):], start=len(p.hits) + 1)))
     removed: list[str] = []
+    label = label_of(project, p.route.domain)
     if cfg.unsupported == "drop":
-        verification, removed = _drop_unsupported(verification, label_of(project, p.route.domain))
+        verification, removed = _drop_unsupported(verification, label)
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in verification.text.lower() for x in _NOT_COVERED) and not verification.checks
-    flagged = [*verification.flagged, *([] if abstained else _uncited(verification, [h.chunk.text for h in hits]))]
+    uncited = [] if abstained else _uncited(verification, [h.chunk.text for h in hits], label)
     return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
-                  tuple(flagged), p.timings, p.usage, p.route, p.adapter, tuple(repeated), tuple(removed))
+                  (*verification.flagged, *uncited), p.timings, usage, p.route, p.adapter, tuple(repeated),
+                  tuple(removed))
 
 
 def label_of(project: Project, domain: str | None) -> str | None:
@@ -214,15 +217,16 @@ def label_of(project: Project, domain: str | None) -> str | None:
     return fmt.label if fmt else None
 
 
-def _uncited(verification: Verification, passages: list[str]) -> list[dict]:
+def _uncited(verification: Verification, passages: list[str], label: str | None = None) -> list[dict]:
     """The answer's sentences of three content words or more that carry no citation, in the form of
     `Verification.flagged` (`sentence` without its field label, `cited` empty, `supported_by` the sources that
     support it in one place, `local_support`): with attribution on, which cites every sentence a source
-    supports, that list is empty, so each of these is a sentence no source supports."""
+    supports, that list is empty, so each of these is a sentence no source supports. The domain format's
+    `label` line (a judgement, "Escalation: NO - routine theft report") needs no source and is not listed."""
     out = []
     for sent in sentences(verification.text):
         claim = without_label(CITATION.sub("", sent).strip())
-        if parse_citations(sent) or len(content_words(claim)) < 3:
+        if parse_citations(sent) or len(content_words(claim)) < 3 or (label and re.search(label, sent.strip())):
             continue
         others = [n for n, p in enumerate(passages, start=1) if local_support(claim, p).ok]
         out.append({"sentence": claim, "cited": [], "supported_by": others})
@@ -233,7 +237,7 @@ def _without_unfinished(text: str, usage: dict) -> str:
     """`text` without its last sentence when that does not end as a sentence does (., !, ?, :, a closing quote
     or bracket, or a citation), recorded in `usage["unfinished"]`; unchanged when it is the only sentence."""
     parts = sentences(text)
-    if len(parts) < 2 or _FINISHED.search(parts[-1]):
+    if len(parts) < 2 or parse_citations(parts[-1]) or _FINISHED.search(CITATION.sub("", parts[-1]).rstrip()):
         return text
     usage["unfinished"] = parts[-1]
     return text[: text.rstrip().rfind(parts[-1])].rstrip()

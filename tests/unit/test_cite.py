@@ -228,6 +228,8 @@ LEVELS = ("Theft of the car itself is covered under Third Party, Fire and Theft 
      "If we cannot make the changes you want, we will update the privacy policy.", True),
     ("Contents does not cover drones.", "Contents does not cover motor vehicles, caravans, trailers, boats, drones.",
      True),
+    # a condition first, the negation after it: the claim shares as many words with each part
+    ("We do not pay for stolen car keys.", "If your car is stolen, we do not pay for the keys.", True),
 ])
 def test_a_citation_is_not_verified_when_the_claim_and_its_source_disagree_in_polarity(claim, passage, ok):
     s = support(claim, passage)
@@ -248,6 +250,10 @@ def test_a_citation_is_not_verified_when_the_claim_and_its_source_disagree_in_po
     ("The excess is EUR 1.5 thousand. Dr. Lee agreed.", ["The excess is EUR 1.5 thousand.", "Dr. Lee agreed."]),
     ("It is covered in the U.S. [1] Not elsewhere. [2]", ["It is covered in the U.S. [1]", "Not elsewhere. [2]"]),
     ("Is it covered? No. We pay EUR 2,500.", ["Is it covered?", "No.", "We pay EUR 2,500."]),
+    # an abbreviation or title that ends a sentence, before a word that opens one
+    ("It is covered in the U.S. The UK is not.", ["It is covered in the U.S.", "The UK is not."]),
+    ("Our office is on Main St. We open at 9.", ["Our office is on Main St.", "We open at 9."]),
+    ("Ask Dr. Theo Lee. Fine.", ["Ask Dr. Theo Lee.", "Fine."]),
 ])
 def test_sentences_do_not_end_inside_abbreviations_or_numbers(text, expected):
     from loradex.cite import sentences

@@ -160,11 +160,35 @@ def test_an_answer_cut_by_the_token_budget_loses_its_unfinished_last_sentence(pr
     ingest(whole)
     a = answer(whole, "When must theft be reported to the police?", route=False)  # within budget: untouched
     assert a.usage["finish_reason"] == "stop" and "unfinished" not in a.usage and "Harbor Mutual" in a.answer
+    from loradex.pipeline import _without_unfinished
+
+    for end in (" [Source 2]", " [1-2]", " (see the theft procedure)", ".\u201d", "? [2]"):  # finished, however cited
+        usage: dict = {}
+        text = f"Call the police. Then call us{end}"
+        assert _without_unfinished(text, usage) == text and usage == {}, end
+    usage = {}
+    assert _without_unfinished("Call the police. Then call us within", usage) == "Call the police." and usage == {
+        "unfinished": "Then call us within"}
     one = open_project(project_dir(DOCS, cfg), engine=EchoEngine(reply="Call the police within 24 hours or as"
                                                                           " soon as you can after the theft"))
     ingest(one)
     a = answer(one, "When must theft be reported to the police?", route=False)  # a lone sentence stays
     assert a.answer.startswith("Call the police within 24 hours or as soon") and "unfinished" not in a.usage
+
+
+@pytest.mark.parametrize("mode", ["flag", "drop"])
+def test_the_formats_label_line_is_never_listed_as_unsupported(project_dir, mode):
+    """The judgement line ("Escalation: NO - routine ...") needs no source: it is kept in drop mode, and was then
+    listed as uncited on most of the demo's claims answers."""
+    fmt = ("domains:\n  claims: {paths: ['docs/claims/**'], format: claims_layout}\n"
+           "formats:\n  claims_layout: {label: '^Escalation: (YES|NO)\\b'}\n")
+    cfg = ECHO.replace("attribute: false}", f"attribute: true, unsupported: {mode}}}") + fmt
+    reply = "Call the police within 24 hours [1].\nEscalation: NO - routine theft report handled by the claims desk"
+    proj = open_project(project_dir(DOCS, cfg), engine=EchoEngine(reply=reply))
+    ingest(proj)
+    a = answer(proj, "When must theft be reported to the police?", domain="claims")
+    assert a.answer.endswith("Escalation: NO - routine theft report handled by the claims desk")
+    assert a.flagged == () and a.removed == ()
 
 
 def test_uncited_supported_answer_gets_an_added_citation(project_dir):

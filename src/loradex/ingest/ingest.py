@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,13 +107,15 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
                     *, batch_chunks: int = 256,
                     on_commit: Callable[[list[PendingDoc], list[Chunk]], None] | None = None,
                     progress: Progress | None = None, total: int = 0,
-                    pending: PendingEmbeddings | None = None, kept: list[int] | None = None) -> int:
+                    pending: PendingEmbeddings | None = None, kept: list[int] | None = None,
+                    indexed: Collection[str] = ()) -> int:
     """Chunk, embed and store documents in batches; each batch is one atomic store commit. A chunk whose text
     (`Chunk.search_text`) its document already has in the store keeps the stored vector instead of being
-    embedded again (a changed domain, tag or group, an edited paragraph of a long document): `kept[0]` counts
-    them. With `pending`, vectors are committed to it a slice at a time as they are computed and dropped from
-    it once stored, so an interrupted run resumes its last batch (a large document is one batch) without
-    embedding it again."""
+    embedded again (a changed domain, tag or group, an edited paragraph of a long document): `indexed` names
+    the documents the store already holds (the others cost no store read) and `kept[0]` counts them. With
+    `pending`, vectors are committed to it a slice at a time as they are computed and dropped from it once
+    stored, so an interrupted run resumes its last batch (a large document is one batch) without embedding it
+    again."""
     import numpy as np
 
     batch: list[PendingDoc] = []
@@ -125,7 +127,7 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
         if not batch:
             return
         texts = [c.search_text() for c in chunks]
-        old = _stored_vectors(store, [d.doc_id for d in batch], set(texts))
+        old = _stored_vectors(store, [d.doc_id for d in batch if d.doc_id in indexed], set(texts))
         todo = [t for t in dict.fromkeys(texts) if t not in old]
         if todo:
             old.update(zip(todo, pending.embed(todo) if pending is not None else embedder.embed(todo)))
@@ -136,7 +138,7 @@ def index_documents(store: Store, embedder: Embedder, docs: Iterable[PendingDoc]
             new = set(todo)
             kept[0] += sum(1 for t in texts if t not in new)
         if pending is not None:
-            pending.forget(todo)
+            pending.forget(texts)  # all of them: rows an older run embedded for texts now found stored go too
         if on_commit:
             on_commit(batch, chunks)
         done += len(batch)
@@ -270,7 +272,8 @@ def ingest(project: Project, paths: Sequence[str | Path] | None = None, *, prune
             try:
                 report.chunks = index_documents(project.store, project.embedder, pending,
                                                 project.config.chunking.max_tokens, on_commit=on_commit,
-                                                progress=progress, total=len(pending), pending=vectors, kept=kept)
+                                                progress=progress, total=len(pending), pending=vectors, kept=kept,
+                                                indexed=set(known))
             finally:
                 report.reused_vectors, report.kept_vectors = vectors.reused, kept[0]
                 vectors.close()

@@ -271,10 +271,18 @@ def test_no_repeat_ngram_refusal_does_not_depend_on_its_place_in_the_batch(down_
 # ---- 5. n-gram blocking: one rule (the plugin's `banned`), the same in every engine --------------------------------
 @pytest.fixture(scope="module")
 def plugin():
+    """The plugin as vLLM imports it: a top-level module with its folder on the path, loradex not imported."""
+    import sys
+
     spec = importlib.util.spec_from_file_location("loradex_ngram_under_test", PLUGIN_DIR / "loradex_ngram.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(PLUGIN_DIR))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(PLUGIN_DIR))
+    assert not module.banned.__module__.startswith("loradex")  # its own copy of the folder's rule
     return module
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EngineError
 from ..prompt import NO_SOURCES
-from ..vllm_plugin.loradex_ngram import banned
+from ..vllm_plugin.ngram_rule import banned
 from . import CANCELLED, Generation, GenerationRequest, cancelled, cut_at_stop
 
 if TYPE_CHECKING:

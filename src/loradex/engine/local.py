@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapters.validate import serving
 from ..errors import EngineError, LoradexError
-from ..vllm_plugin.loradex_ngram import banned
+from ..vllm_plugin.ngram_rule import banned
 from . import CANCELLED, Generation, GenerationRequest, cancelled, cut_at_stop
 
 if TYPE_CHECKING:

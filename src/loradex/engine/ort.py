@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, LoradexError
-from ..vllm_plugin.loradex_ngram import banned
+from ..vllm_plugin.ngram_rule import banned
 from . import CANCELLED, Engine, Generation, GenerationRequest, cancelled, cut_at_stop
 from .local import LocalEngine, chat_prompt, token_counts
 from .ort_export import Unsupported, export_adapter, export_base

@@ -7,34 +7,25 @@ complete an n-gram already generated in that request's answer. The prompt does n
 `loradex.engine.GenerationRequest.no_repeat_ngram` and the local engine, so both engines decode alike.
 n-gram blocking as in Paulus et al., "A Deep Reinforced Model for Abstractive Summarization", ICLR 2018.
 
-`banned` is loradex's one definition of the rule: the transformers, onnxruntime-genai and echo engines import it
-from here (it needs nothing but Python), so the four engines cannot drift apart.
+The rule itself, `banned`, lives beside this file in `ngram_rule.py` (plain Python): the transformers,
+onnxruntime-genai and echo engines import it from there without importing vLLM, so the four engines cannot
+drift apart.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import TypeVar
+try:  # as loradex.vllm_plugin.loradex_ngram (loradex's tests), or as loradex_ngram with this folder on the path
+    from .ngram_rule import banned
+except ImportError:
+    from ngram_rule import banned  # type: ignore[no-redef]
 
 try:
     from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 except ImportError:  # imported outside vLLM: loradex's tests check `banned` against the local engine
     AdapterLogitsProcessor = object
 
+__all__ = ["KEY", "NoRepeatNgram", "banned"]
+
 KEY = "no_repeat_ngram"
-T = TypeVar("T", bound=Hashable)
-
-
-def banned(output: Sequence[T], n: int) -> list[T]:
-    """The tokens (ids, or words for the echo engine) that would complete, after `output`, an n-gram that
-    `output` already holds: each token that followed an earlier occurrence of `output`'s last n-1 tokens.
-    Empty while `output` is shorter than n; n is at least 2. O(len(output) * n) per call."""
-    if len(output) < n:
-        return []
-    out = list(output)
-    tail = out[len(out) - n + 1:]
-    return [out[i + n - 1] for i in range(len(out) - n + 1) if out[i:i + n - 1] == tail]
-
-
 class NoRepeatNgram(AdapterLogitsProcessor):
     """vLLM v1 logits processor: per request, `extra_args["no_repeat_ngram"]` (0 or absent: off; n >= 2)."""
 

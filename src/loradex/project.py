@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import write_text
-from .config import CONFIG_NAME, STATE_DIR, ProjectConfig, load_config, starter_text
+from .config import CONFIG_NAME, STATE_DIR, ProjectConfig, load_config
+from .config_starter import starter_text
 from .errors import ConfigError, RouterError
 from .types import DocMeta, Route
 

@@ -22,6 +22,13 @@ def test_unknown_field_names_field_and_file(tmp_path):
     path.write_text("retreival:\n  k: 3\n")  # a misspelt section gets the closest known field
     with pytest.raises(ConfigError, match=r"retreival: Extra inputs are not permitted \(did you mean 'retrieval'\?\)"):
         load_config(path)
+    # the closest field of the section the typo sits in, not of another one ('url' is no store field)
+    path.write_text("store:\n  uir: x\nchunking:\n  widow: 1\ndomains:\n  claims: {pathz: []}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "store.uir: Extra inputs are not permitted (did you mean 'uri'?)" in str(e.value)
+    assert "domains.claims.pathz: Extra inputs are not permitted (did you mean 'paths'?)" in str(e.value)
+    assert "chunking.widow: Extra inputs are not permitted\n" in str(e.value) + "\n"  # 'window' is answer's
 
 
 def test_wrong_type_names_nested_field(tmp_path):

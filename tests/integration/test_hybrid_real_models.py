@@ -49,9 +49,10 @@ DEMO = [  # make demo's three domain questions, and the documents' facts each an
     ("billing", "Can I change the day my monthly premium is collected?", ("1st, 8th, 15th or 22nd",)),
 ]
 POLICY_OPEN = pytest.mark.xfail(strict=True, reason=(
-    "issue 17, open: the shipped policy adapter (4d953cb4a6f0) gives the right reason (escape of water from fixed "
-    "pipes is an insured event) under the wrong verdict (Covered: NO); its Limits line ('Escape of water claims "
-    "carry no excess'), which its sources do not support, is removed (answer.unsupported: drop)"))
+    "issue 17, blocked on the base model: the shipped policy adapter (4d953cb4a6f0) gives the right reason (escape "
+    "of water from fixed pipes is an insured event) under the wrong verdict (Covered: NO); a linear probe finds no "
+    "verdict in SmolLM2-135M's hidden states (benchmarks/verdict_probe.py); its Limits line ('Escape of water "
+    "claims carry no excess'), which its sources do not support, is removed (answer.unsupported: drop)"))
 
 
 @pytest.mark.parametrize("domain,question,facts",
@@ -63,7 +64,7 @@ def test_the_demo_answers_are_right_cited_in_form_and_never_repeat(project, doma
     assert a.route.domain == domain and a.adapter and a.adapter.startswith(f"{domain}@sha256:")
     assert a.sources and all(s.file.startswith(f"docs/{domain}/") or "glossary" in s.file for s in a.sources)
     assert not a.abstained and any(c.verified for c in a.citations), a.answer
-    assert not a.flagged, (a.flagged, a.answer)  # no cited sentence its sources do not support
+    assert not a.flagged, (a.flagged, a.answer)  # no sentence its sources do not support, cited or not
     assert not repeats(a.answer, times=2), a.answer
     check = project.config.formats[project.config.domains[domain].format]
     assert format_failures(a.answer, **check.model_dump(exclude={"label"})) == [], a.answer

@@ -34,13 +34,15 @@ CITATION = re.compile(
 _CITATION_RUN = re.compile(rf"(?:{CITATION.pattern})+", re.IGNORECASE)  # [1][2] is one citation, [1, 2]
 _CITED_NUMBER = re.compile(r"(\d{1,3})(?:\s*(?:-|\u2013|\u2014|to)\s*[a-z]*\s*#?(\d{1,3}))?", re.IGNORECASE)
 MAX_RANGE = 20  # [1-300] is not read as 300 citations: a wider range counts its two ends only
-# A full stop that does not end a sentence: a decimal point ("1.3"), inside or at the end of an abbreviation of
-# single letters followed by more of the sentence ("U.S. Department", "e.g. a", "N.T."), or after a title ("Dr.
-# Lee"); but a word that mostly opens sentences after it ("in the U.S. The UK is not") starts a new one.
+# A full stop that does not end a sentence: one with no space after it ("1.3", "theatlantic.com", "e.g."), at the
+# end of an abbreviation of single letters followed by more of the sentence ("U.S. Department", "N.T. agreed"),
+# after a title ("Dr. Lee") or before a number ("Fig. 2", "No. 5"); but a word that mostly opens sentences after
+# it ("in the U.S. The UK is not") starts a new one.
 _OPENER = r"(?-i:(?:The|This|That|These|It|We|You|Your|Our|They|There|He|She|If|In|For|But|So)\b)"
-_NOT_END = (rf"(?<=\d)\.(?=\d)|(?<![a-z])[a-z]\.(?=[a-z]\.)|(?<=[a-z]\.)[a-z]\.(?=[ \t]+(?!{_OPENER})[^\s\[])"
-            rf"|\b(?-i:Mr|Mrs|Ms|Dr|Prof|St|vs|cf|approx)\.(?=[ \t]+(?!{_OPENER})[^\s\[])")
-_SENTENCE = re.compile(rf"(?:{_NOT_END}|[^.!?\n])+(?:[.!?]+|\n|$)(?:{CITATION.pattern})*", re.IGNORECASE)
+_NOT_END = (rf"\.(?=[a-z0-9@_-])|(?<=[a-z]\.)[a-z]\.(?=[ \t]+(?!{_OPENER})[^\s\[])"  # 1.5, theatlantic.com
+            rf"|\b(?-i:Mr|Mrs|Ms|Dr|Prof|St|vs|cf|approx)\.(?=[ \t]+(?!{_OPENER})[^\s\[])"
+            r"|\b(?:fig|figs|no|vol|pp?|sec|art)\.(?=[ \t]+\d)")  # Fig. 2, No. 5, p. 3
+_SENTENCE = re.compile(rf"(?:{_NOT_END}|[^.!?\n])+(?:[.!?]+[\"'”’)]*|\n|$)(?:{CITATION.pattern})*", re.IGNORECASE)
 _BULLET_ONLY = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])?\s*$")
 _LIST_MARK = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -118,7 +120,7 @@ def sentences(text: str) -> list[str]:
 _FIELD_LABEL = re.compile(r"^\s*[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}:\s+")  # "Why: ", "Next steps: "
 _NEGATIONS = frozenset({"no", "not", "never", "nor"})  # "covered" and "not covered" are two claims
 _CLAUSE = re.compile(r"[,;:]|\b(?:and|but|or|while|whereas|unless|except)\b", re.IGNORECASE)
-_SUBJECT = r"(?:we|you|your|they|their|it|its|he|she|this|that|there|i)\b"
+_SUBJECT = r"(?:we|you|they|it|he|she|this|that|there|i)\b"  # not possessives: "or its subsidiaries"
 # a clause with a subject of its own: "If we cannot make the changes, | we will update the policy"
 _SUBCLAUSE = re.compile(rf";|,\s*(?={_SUBJECT})|\b(?:and|or)\s+(?={_SUBJECT})|\b(?:but|while|whereas)\b", re.I)
 _EXCLUDES = re.compile(r"\bexclu(?:ded|des|de|sions?)\b|\bnot covered\b", re.IGNORECASE)

@@ -230,6 +230,10 @@ LEVELS = ("Theft of the car itself is covered under Third Party, Fire and Theft 
      True),
     # a condition first, the negation after it: the claim shares as many words with each part
     ("We do not pay for stolen car keys.", "If your car is stolen, we do not pay for the keys.", True),
+    # a possessive is not a new clause's subject: an exact quote of a negated source stays verified
+    ("not part of The Atlantic or its subsidiaries or related entities",
+     "We will not disclose it to any organizations not part of The Atlantic or its subsidiaries or related entities.",
+     True),
 ])
 def test_a_citation_is_not_verified_when_the_claim_and_its_source_disagree_in_polarity(claim, passage, ok):
     s = support(claim, passage)
@@ -254,6 +258,12 @@ def test_a_citation_is_not_verified_when_the_claim_and_its_source_disagree_in_po
     ("It is covered in the U.S. The UK is not.", ["It is covered in the U.S.", "The UK is not."]),
     ("Our office is on Main St. We open at 9.", ["Our office is on Main St.", "We open at 9."]),
     ("Ask Dr. Theo Lee. Fine.", ["Ask Dr. Theo Lee.", "Fine."]),
+    # a second new user saw "The privacy policy of theatlantic. [4]com is designed..."
+    ("Visit theatlantic.com for details. Fine.", ["Visit theatlantic.com for details.", "Fine."]),
+    ("Write to help@example.co.uk or www.site.com. Then wait.",
+     ["Write to help@example.co.uk or www.site.com.", "Then wait."]),
+    ("See Fig. 2 and No. 5 for it. No. We pay.", ["See Fig. 2 and No. 5 for it.", "No.", "We pay."]),
+    ('He said "stop." Then he left.', ['He said "stop."', "Then he left."]),  # the quote stays with its sentence
 ])
 def test_sentences_do_not_end_inside_abbreviations_or_numbers(text, expected):
     from loradex.cite import sentences

@@ -106,6 +106,14 @@ def test_openai_client_streaming(served):
                       json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": "theft"}]}) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and r.headers["content-type"].startswith("text/event-stream")
+    # both streams ended normally: no client counted as gone, and their tokens are counted (a second new user saw
+    # every finished stream counted as a disconnect, and streamed tokens left out)
+    metrics = httpx.get(running.url + "/metrics").text
+    assert 'loradex_client_disconnects_total{stream="true"} 1' not in metrics
+    assert not any(line.startswith('loradex_client_disconnects_total{stream="true"}') and not line.endswith(" 0.0")
+                   for line in metrics.splitlines())
+    assert any(line.startswith('loradex_tokens_total{kind="completion"}') and not line.endswith(" 0.0")
+               for line in metrics.splitlines())
 
 
 def test_errors_are_openai_style_4xx(served):

@@ -6,7 +6,7 @@ Each app has its own `CollectorRegistry`, so several apps in one process (tests,
 - `loradex_errors_total{status}`: error responses by HTTP status.
 - `loradex_client_disconnects_total{stream}`: requests whose client went away before the answer; their
   generation was cancelled.
-- `loradex_tokens_total{kind}`: prompt and completion tokens of batched generations.
+- `loradex_tokens_total{kind}`: prompt and completion tokens of generations, batched and streamed.
 - `loradex_request_seconds`: time from the request to the answer (streams: to the last event).
 - Read at scrape time: `loradex_queue_depth`, `loradex_streams_active`, `loradex_batches_total`,
   `loradex_batched_requests_total`, `loradex_rejected_total` (the batcher's), `loradex_adapter_loads_total`,
@@ -62,7 +62,8 @@ class Metrics:
         self.errors = Counter("loradex_errors", "Error responses by HTTP status.", ["status"], registry=self.registry)
         self.disconnects = Counter("loradex_client_disconnects", "Clients gone before their answer (cancelled).",
                                    ["stream"], registry=self.registry)
-        self.tokens = Counter("loradex_tokens", "Tokens of batched generations.", ["kind"], registry=self.registry)
+        self.tokens = Counter("loradex_tokens", "Tokens of generations, batched and streamed.", ["kind"],
+                              registry=self.registry)
         self.latency = Histogram("loradex_request_seconds", "Seconds from request to answer.", buckets=_SECONDS,
                                  registry=self.registry)
         self.registry.register(_Live(batcher, engine, streams))

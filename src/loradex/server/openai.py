@@ -233,18 +233,26 @@ class _SlotStream(StreamingResponse):
         self.slot, self.state = slot, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        finished = False  # the last byte was sent: a client closing after `[DONE]` did not go away early
+
+        async def sending(message: Any) -> None:
+            nonlocal finished
+            await send(message)
+            finished = message["type"] == "http.response.body" and not message.get("more_body", False)
+
         try:
             async with anyio.create_task_group() as group:
                 async def watch() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    self.state.metrics.disconnects.labels(stream="true").inc()
+                    if not finished:
+                        self.state.metrics.disconnects.labels(stream="true").inc()
                     self.slot.release()  # the generation stops at its next token
                     group.cancel_scope.cancel()
 
                 group.start_soon(watch)
                 try:
-                    await self.stream_response(send)
+                    await self.stream_response(sending)
                 except OSError:  # the client went away as a chunk was sent: `finally` gives the slot back
                     pass
                 group.cancel_scope.cancel()
@@ -302,9 +310,11 @@ def _choice_events(state: ServerState, prepared: Prepared, reply: _Reply, i: int
         if rest := shown.finish():
             yield _chunk(reply, i, {"content": rest})
         answer = complete(state.project, prepared, joined(pieces), (time.perf_counter() - t_gen) * 1000)
-        if (count := _counter(state.project.engine)) is not None and reply.usage_chunks:
+        if (count := _counter(state.project.engine)) is not None:
             prompt_tokens, completion_tokens = count(r, joined(pieces))
             tokens[0], tokens[1] = prompt_tokens, tokens[1] + completion_tokens
+            state.metrics.tokens.labels(kind="completion").inc(completion_tokens)
+            state.metrics.tokens.labels(kind="prompt").inc(prompt_tokens if i == 0 else 0)
     yield _chunk(reply, i, {}, "stop", answer=answer.answer, **_extras(prepared, answer))
 
 

@@ -318,6 +318,29 @@ def test_replay_targets_are_the_base_models_own_answers_and_cached(project, tmp_
     assert mix_replay(examples, pairs, 0.0) == examples
 
 
+def test_replay_answers_only_the_prompts_a_run_needs_and_caches_each(tmp_path):
+    """A second new user's first `train --max-steps 2` spent 19 minutes answering all 60 replay prompts to use 3."""
+    from loradex.adapters.replay import PROMPTS, base_answers, replay_prompts
+    from loradex.engine.echo import EchoEngine
+
+    asked: list[str] = []
+
+    class Counting(EchoEngine):
+        def generate(self, requests, cancel=()):
+            asked.extend(r.messages[-1]["content"] for r in requests)
+            return super().generate(requests, cancel)
+
+    three = replay_prompts(12, 0.25, seed=0)
+    assert len(three) == 3 and set(three) <= set(PROMPTS) and replay_prompts(12, 0.0) == ()
+    assert replay_prompts(1000, 0.25) == tuple(replay_prompts(1000, 0.25)) and len(replay_prompts(1000, 0.25)) == 60
+    pairs = base_answers(Counting(reply="An answer."), "SYS", tmp_path, "sha", prompts=three)
+    assert asked == list(three) and pairs == [(p, "An answer.") for p in three]
+    five = three + tuple(p for p in PROMPTS if p not in three)[:2]
+    pairs = base_answers(Counting(reply="Another."), "SYS", tmp_path, "sha", prompts=five)
+    assert asked == [*three, *five[3:]]  # the cached three are not asked again
+    assert [a for _, a in pairs] == ["An answer."] * 3 + ["Another."] * 2
+
+
 def test_replay_pool_is_disjoint_from_the_forgetting_benchmark():
     import ast
 

@@ -82,35 +82,46 @@ PROMPTS = (
 )
 
 
-def _cache_key(base_sha: str, system: str, prompts: tuple[str, ...], max_new_tokens: int) -> str:
-    blob = json.dumps([base_sha, system, prompts, max_new_tokens])
+def _cache_key(base_sha: str, system: str, max_new_tokens: int) -> str:
+    blob = json.dumps([base_sha, system, max_new_tokens])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def replay_prompts(n_examples: int, share: float, seed: int = 0, prompts: tuple[str, ...] = PROMPTS) -> tuple[str, ...]:
+    """The general prompts mixed into a training set of `n_examples`: round(share * n_examples) of `prompts`
+    (at least 1, at most all of them) drawn with `seed`; none when `share` is 0."""
+    if share <= 0:
+        return ()
+    n = min(len(prompts), max(1, round(share * n_examples)))
+    return tuple(random.Random(seed).sample(list(prompts), n))
 
 
 def base_answers(engine, system: str, cache_dir: Path | None = None, base_sha: str = "",
                  prompts: tuple[str, ...] = PROMPTS, max_new_tokens: int = 96, batch: int = 8,
                  engine_factory=None) -> list[tuple[str, str]]:
-    """(prompt, the base model's greedy answer) for each prompt; cached per base model and system message.
+    """(prompt, the base model's greedy answer) for each of `prompts` whose answer is not empty, in order.
+    Answers are cached per base model and system message, prompt by prompt: only prompts never answered
+    before are generated (a first training run with 3 replay examples answers 3 prompts, not the pool of 60).
 
     `engine` must serve the bare base model (no adapter); with `engine_factory` instead, the engine is only
-    built when the answers are not cached.
+    built when some answer is not cached.
     """
     from ..atomic import write_text
     from ..engine import GenerationRequest
 
-    path = cache_dir / f"replay-{_cache_key(base_sha, system, prompts, max_new_tokens)}.json" if cache_dir else None
-    if path is not None and path.is_file():
-        return [tuple(p) for p in json.loads(path.read_text())]
-    engine = engine if engine is not None else engine_factory()
-    requests = [GenerationRequest(({"role": "system", "content": system}, {"role": "user", "content": p}),
-                                  max_new_tokens) for p in prompts]
-    answers: list[str] = []
-    for s in range(0, len(requests), batch):
-        answers += [g.text.strip() for g in engine.generate(requests[s : s + batch])]
-    pairs = [(p, a) for p, a in zip(prompts, answers) if a]
-    if path is not None:
-        write_text(path, json.dumps(pairs))
-    return pairs
+    path = cache_dir / f"replay-{_cache_key(base_sha, system, max_new_tokens)}.json" if cache_dir else None
+    known: dict[str, str] = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    missing = [p for p in dict.fromkeys(prompts) if p not in known]
+    if missing:
+        engine = engine if engine is not None else engine_factory()
+        requests = [GenerationRequest(({"role": "system", "content": system}, {"role": "user", "content": p}),
+                                      max_new_tokens) for p in missing]
+        for s in range(0, len(requests), batch):
+            known.update((p, g.text.strip()) for p, g in zip(missing[s:s + batch],
+                                                             engine.generate(requests[s : s + batch])))
+        if path is not None:
+            write_text(path, json.dumps(known))
+    return [(p, known[p]) for p in prompts if known.get(p)]
 
 
 def mix_replay(examples: list[Example], pairs: list[tuple[str, str]], share: float, seed: int = 0) -> list[Example]:
@@ -140,7 +151,8 @@ def with_replay(examples: list[Example], share: float, seed: int, system: str, c
     dist = current()
     if not dist.main:
         dist.barrier(torch)  # rank 0 is writing the cache
-    pairs = base_answers(None, system, cache, base_sha, engine_factory=lambda: LocalEngine(base_dir))
+    pairs = base_answers(None, system, cache, base_sha, prompts=replay_prompts(len(examples), share, seed),
+                         engine_factory=lambda: LocalEngine(base_dir))
     if dist.main:
         dist.barrier(torch)
     return mix_replay(examples, pairs, share, seed)

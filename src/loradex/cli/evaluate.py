@@ -9,11 +9,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..evaluate.report import HEADLINE
 from ..evaluate.run import MODES
 from ._common import JsonOpt, ProjectOpt, emit, open_checked, out, progress
-
-SHOWN = ("contains_answer", "token_f1", "citation_recall", "citation_precision", "format_ok", "repetition",
-         "abstained_right", "abstained_wrongly", "routed_right")
 
 
 def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see loradex.evaluate.questions)."),
@@ -65,13 +63,13 @@ def _cell(interval: dict | None) -> str:
 
 def _print_summary(summary: dict) -> None:
     table = Table("metric", *summary["modes"], title="mean [95% bootstrap interval]")
-    for metric in SHOWN:
+    for metric in HEADLINE:
         cells = [_cell(summary["metrics"][m][metric]) for m in summary["modes"]]
         if any(c != "-" for c in cells):
             table.add_row(metric, *cells)
     out.print(table)
     for mode, diffs in summary["versus"].items():
-        shown = {k: v for k, v in diffs.items() if v is not None and k in SHOWN}
+        shown = {k: v for k, v in diffs.items() if v is not None and k in HEADLINE}
         if shown:
             out.print(f"{mode} - rag: " + "; ".join(f"{k} {_cell(v)}" for k, v in shown.items()), highlight=False)
 

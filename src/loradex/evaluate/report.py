@@ -17,8 +17,9 @@ from typing import Any
 
 __all__ = ["HEADLINE", "write_report"]
 
-HEADLINE = ("contains_answer", "token_f1", "citation_recall", "citation_precision", "format_ok", "repetition",
-            "abstained_right", "abstained_wrongly", "routed_right", "hit_at_k")
+HEADLINE = ("contains_answer", "token_f1", "verified_citation", "citation_recall", "citation_precision",
+            "unsupported_sentence", "format_ok", "label_accuracy", "repetition", "abstained_right",
+            "abstained_wrongly", "routed_right", "hit_at_k")  # the metrics the table, the report and the plot show
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}
 .worst{font-size:13px;margin:.5em 0 1em}.src{color:#666;font-size:12px}img{max-width:100%}"""

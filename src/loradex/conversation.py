@@ -86,6 +86,7 @@ def split_messages(messages: Sequence[dict]) -> Conversation:
     last = turns[-1] if turns else None
     if last is None or last.get("role") != "user" or not str(last.get("content") or "").strip():
         what = ("no user message" if last is None else "a user message without text" if last.get("role") == "user"
+                else f"an {last.get('role')} message" if str(last.get("role"))[:1] in "aeiou"
                 else f"a {last.get('role')} message")
         raise QueryError(f"the conversation must end with a user message that has text; it ends with {what}")
     return Conversation.of(str(last["content"]), turns[:-1], "\n\n".join(i for i in instructions if i))

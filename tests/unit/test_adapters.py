@@ -74,6 +74,14 @@ def test_bad_records_name_line_and_field(tmp_path, line, message):
         load_examples(path)
 
 
+def test_an_empty_training_file_says_it_is_empty(tmp_path):
+    for text in ("", "\n  \n"):
+        path = tmp_path / "empty.jsonl"
+        path.write_text(text)
+        with pytest.raises(DataError, match=r"empty.jsonl: no examples: the file is empty"):
+            load_examples(path)
+
+
 def test_loss_only_on_the_answer_with_the_serving_template():
     tok = tiny_tokenizer()
     ids, labels = encode_example(tok, ({"role": "user", "content": "q"},

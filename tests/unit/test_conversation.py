@@ -25,7 +25,7 @@ def test_split_messages_takes_instructions_history_and_question():
 
 
 @pytest.mark.parametrize("messages,what", [
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "a assistant message"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "an assistant message"),
     ([{"role": "system", "content": "be brief"}], "no user message"),
     ([{"role": "user", "content": "  "}], "a user message without text")])
 def test_a_conversation_must_end_with_a_user_message(messages, what):

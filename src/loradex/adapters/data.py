@@ -98,6 +98,9 @@ def load_examples(path: Path) -> tuple[list[Example], int]:
             continue
         seen.add(key)
         examples.append(Example(msgs, n))
+    if not examples:
+        raise DataError(f"{path}: no examples: the file is empty (one JSON object a line, each with `messages` "
+                        "ending in the assistant's answer)")
     if len(examples) < 2:
         raise DataError(f"{path}: need at least 2 distinct examples (one is held out for evaluation)")
     return examples, dupes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -178,8 +179,11 @@ class Project:
             loaded = Router.load(self.state_dir) if examples else None
             if loaded is not None and loaded[1] == self._router_key(examples):
                 self._router = loaded[0]
-            else:
-                self._router = self.refit_router(examples) if examples else None
+            elif examples:  # a minute or so on a large project: say why the first answer waits
+                print(f"fitting the router on {sum(map(len, examples.values()))} example queries of "
+                      f"{len(examples)} domains (first use after they or the documents changed; saved for next "
+                      "time)", file=sys.stderr, flush=True)
+                self._router = self.refit_router(examples)
             self._router_checked = True
         return self._router
 

@@ -99,6 +99,8 @@ def test_cli_route_one_query_a_file_and_fit(tmp_path, examples):
     assert [x["domain"] for x in lines] == ["policy", None] and lines[1]["abstained"] is True
     r = runner.invoke(app, ["route", "--fit", "-p", str(root), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["examples"] == 60
+    r = runner.invoke(app, ["route", "--fit", "-p", str(root)])  # what README says it prints, without --json too
+    assert r.exit_code == 0 and "temperature " in r.stdout and "posterior range" in r.stdout and "held-out" in r.stdout
     r = runner.invoke(app, ["route", "theft", "-p", str(root)])
     assert r.exit_code == 0 and "claims" in r.stdout
 

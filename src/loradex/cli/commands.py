@@ -138,6 +138,9 @@ def _print_fit(info: dict, as_json: bool) -> None:
     out.print(f"router fitted ({info['method']}) on {info['examples']} examples of {len(info['domains'])} "
               f"domains and {info['negatives']} off-topic queries; cross-validated accuracy "
               f"{'-' if accuracy is None else round(accuracy, 2)} ({info['folds'] or 'no'} folds)", highlight=False)
+    low, high = info["temperature_range"]
+    out.print(f"temperature {info['temperature']} (posterior range {low} to {high}), {info['held_out']} held-out "
+              "scores", highlight=False)
     if not info["calibrated"]:
         err.print(f"[yellow]uncalibrated:[/] {info['uncalibrated_reason']}", highlight=False)
 

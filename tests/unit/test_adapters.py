@@ -326,6 +326,14 @@ def test_replay_targets_are_the_base_models_own_answers_and_cached(project, tmp_
     assert mix_replay(examples, pairs, 0.0) == examples
 
 
+def test_a_run_that_never_beats_its_untrained_adapter_says_so(project):
+    """A second new user registered a version whose LoRA B weights were all zero, with no word of it."""
+    r = CliRunner().invoke(app, ["train", "claims", "--data", str(project.root / "claims.jsonl"), "--max-steps", "1",
+                                 "--batch-size", "2", "--lr", "1e-12", "--replay", "0", "-p", str(project.root)])
+    assert r.exit_code == 0, r.output
+    assert "best at step 0" in r.stdout and "answers as the base model does" in r.stderr
+
+
 def test_replay_answers_only_the_prompts_a_run_needs_and_caches_each(tmp_path):
     """A second new user's first `train --max-steps 2` spent 19 minutes answering all 60 replay prompts to use 3."""
     from loradex.adapters.replay import PROMPTS, base_answers, replay_prompts

@@ -72,6 +72,10 @@ def train(domain: str = typer.Argument(..., help="Domain (adapter name) to train
               f"(best at step {metrics['best_step']}), "
               f"{metrics['steps']} steps in {metrics['seconds']:.0f} s; loss curve: {ref.path / 'loss_curve.png'}",
               highlight=False)
+    if metrics["best_step"] == 0:  # the kept adapter is the untrained one: LoRA B is zero, the base model's answers
+        err.print("[yellow]no training step lowered the held-out loss, so this version answers as the base model "
+                  "does:[/] train for more steps (--epochs, --max-steps) or change --lr, then activate the new one",
+                  highlight=False)
 
 
 def _open_for(project: Path, domain: str) -> Any:

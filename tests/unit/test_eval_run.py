@@ -156,6 +156,10 @@ def test_cli_eval_writes_results_and_summary(project, tmp_path):
         == [q["id"] for q in QUESTIONS if q.get("domain") == "claims"]
     r = CliRunner().invoke(app, ["eval", str(path), "--domain", "claim", "-p", str(proj.root)])
     assert r.exit_code == 2 and "no domain claim in the project" in r.output
+    # one question is no interval: the table says n=1 rather than printing a point as [x, x] (a new user read
+    # "-1.00 [-1.00, -1.00]" as certain)
+    r = CliRunner().invoke(app, ["eval", str(path), "--modes", "rag", "--limit", "1", "-p", str(proj.root)])
+    assert r.exit_code == 0 and "(n=1, no interval)" in " ".join(r.stdout.split()), r.stdout
 
 
 def test_the_example_eval_set_is_valid_and_its_answers_are_in_its_gold_documents():

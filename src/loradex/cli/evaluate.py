@@ -58,7 +58,11 @@ def evaluate(questions: Path = typer.Argument(..., help="JSONL of questions (see
 
 
 def _cell(interval: dict | None) -> str:
-    return "-" if interval is None else f"{interval['value']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+    if interval is None:
+        return "-"
+    if interval.get("n", 2) < 2:  # one question: its bootstrap interval is a point, not a measurement of spread
+        return f"{interval['value']:.2f} (n=1, no interval)"
+    return f"{interval['value']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
 
 
 def _print_summary(summary: dict) -> None:

@@ -20,12 +20,14 @@ except ImportError:
 
 try:
     from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
-except ImportError:  # imported outside vLLM: loradex's tests check `banned` against the local engine
+except ImportError:  # imported outside vLLM (loradex's tests): the class is then a plain object
     AdapterLogitsProcessor = object
 
 __all__ = ["KEY", "NoRepeatNgram", "banned"]
 
 KEY = "no_repeat_ngram"
+
+
 class NoRepeatNgram(AdapterLogitsProcessor):
     """vLLM v1 logits processor: per request, `extra_args["no_repeat_ngram"]` (0 or absent: off; n >= 2)."""
 

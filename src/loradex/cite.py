@@ -34,10 +34,9 @@ CITATION = re.compile(
 _CITATION_RUN = re.compile(rf"(?:{CITATION.pattern})+", re.IGNORECASE)  # [1][2] is one citation, [1, 2]
 _CITED_NUMBER = re.compile(r"(\d{1,3})(?:\s*(?:-|\u2013|\u2014|to)\s*[a-z]*\s*#?(\d{1,3}))?", re.IGNORECASE)
 MAX_RANGE = 20  # [1-300] is not read as 300 citations: a wider range counts its two ends only
-# A full stop that does not end a sentence: one with no space after it ("1.3", "theatlantic.com", "e.g."), at the
-# end of an abbreviation of single letters followed by more of the sentence ("U.S. Department", "N.T. agreed"),
-# after a title ("Dr. Lee") or before a number ("Fig. 2", "No. 5"); but a word that mostly opens sentences after
-# it ("in the U.S. The UK is not") starts a new one.
+# A full stop that does not end a sentence: with no space after it ("1.3", "theatlantic.com", "e.g."), ending a
+# letters' abbreviation before more of the sentence ("U.S. Department"), after a title ("Dr. Lee"), before a
+# number ("Fig. 2"); but a word that mostly opens sentences after it starts one ("in the U.S. The UK is not").
 _OPENER = r"(?-i:(?:The|This|That|These|It|We|You|Your|Our|They|There|He|She|If|In|For|But|So)\b)"
 _NOT_END = (rf"\.(?=[a-z0-9@_-])|(?<=[a-z]\.)[a-z]\.(?=[ \t]+(?!{_OPENER})[^\s\[])"  # 1.5, theatlantic.com
             rf"|\b(?-i:Mr|Mrs|Ms|Dr|Prof|St|vs|cf|approx)\.(?=[ \t]+(?!{_OPENER})[^\s\[])"
@@ -340,13 +339,16 @@ def without_label(sentence: str) -> str:
 
 
 def unsupported(verification: Verification) -> list[str]:
-    """The sentences of a verified answer that no source supports, without citations or a leading field label
-    ("Limits: "): the flagged ones, then those left uncited with three content words or more (with attribution
-    on, a sentence stays uncited only when no source supports it)."""
-    flagged = [f["sentence"] for f in verification.flagged]
-    uncited = [CITATION.sub("", s).strip() for s in sentences(verification.text) if not parse_citations(s)]
-    claims = [without_label(s) for s in [*flagged, *uncited]]
-    return list(dict.fromkeys(c for c in claims if len(content_words(c)) >= 3))
+    """The claims of a verified answer no source supports (citations, field labels removed): the flagged ones, then
+    the `uncited` ones (with attribution on, a sentence stays uncited only when no source supports it)."""
+    flagged = [c for c in (without_label(f["sentence"]) for f in verification.flagged) if len(content_words(c)) >= 3]
+    return list(dict.fromkeys([*flagged, *(c for _, c in uncited(verification.text))]))
+
+
+def uncited(text: str) -> list[tuple[str, str]]:
+    """(sentence, claim: no citations or field label) of each uncited sentence with 3 content words or more."""
+    claims = [(s, without_label(CITATION.sub("", s).strip())) for s in sentences(text) if not parse_citations(s)]
+    return [(s, c) for s, c in claims if len(content_words(c)) >= 3]
 
 
 def local_support(claim: str, passage: str) -> Support:

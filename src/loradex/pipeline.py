@@ -35,6 +35,7 @@ from .cite import (
     local_support,
     parse_citations,
     sentences,
+    uncited,
     unsupported,
     verify,
     without_label,
@@ -204,9 +205,9 @@ def complete(project: Project, p: Prepared, text: str, generate_ms: float = 0.0,
         verification, removed = _drop_unsupported(verification, label)
     p.timings["verify"] = (time.perf_counter() - t0) * 1000
     abstained = any(x in verification.text.lower() for x in _NOT_COVERED) and not verification.checks
-    uncited = [] if abstained else _uncited(verification, [h.chunk.text for h in hits], label)
+    unmarked = [] if abstained else _uncited(verification, [h.chunk.text for h in hits], label)
     return Answer(p.question, verification.text, _citations(verification, hits), sources, abstained,
-                  (*verification.flagged, *uncited), p.timings, usage, p.route, p.adapter, tuple(repeated),
+                  (*verification.flagged, *unmarked), p.timings, usage, p.route, p.adapter, tuple(repeated),
                   tuple(removed))
 
 
@@ -223,14 +224,9 @@ def _uncited(verification: Verification, passages: list[str], label: str | None 
     support it in one place, `local_support`): with attribution on, which cites every sentence a source
     supports, that list is empty, so each of these is a sentence no source supports. The domain format's
     `label` line (a judgement, "Escalation: NO - routine theft report") needs no source and is not listed."""
-    out = []
-    for sent in sentences(verification.text):
-        claim = without_label(CITATION.sub("", sent).strip())
-        if parse_citations(sent) or len(content_words(claim)) < 3 or (label and re.search(label, sent.strip())):
-            continue
-        others = [n for n, p in enumerate(passages, start=1) if local_support(claim, p).ok]
-        out.append({"sentence": claim, "cited": [], "supported_by": others})
-    return out
+    return [{"sentence": claim, "cited": [],
+             "supported_by": [n for n, p in enumerate(passages, start=1) if local_support(claim, p).ok]}
+            for sent, claim in uncited(verification.text) if not (label and re.search(label, sent.strip()))]
 
 
 def _without_unfinished(text: str, usage: dict) -> str:

@@ -90,10 +90,13 @@ def _cache_key(base_sha: str, system: str, max_new_tokens: int) -> str:
 def replay_prompts(n_examples: int, share: float, seed: int = 0, prompts: tuple[str, ...] = PROMPTS) -> tuple[str, ...]:
     """The general prompts mixed into a training set of `n_examples`: round(share * n_examples) of `prompts`
     (at least 1, at most all of them) drawn with `seed`; none when `share` is 0."""
-    if share <= 0:
-        return ()
-    n = min(len(prompts), max(1, round(share * n_examples)))
-    return tuple(random.Random(seed).sample(list(prompts), n))
+    return tuple(random.Random(seed).sample(list(prompts), _count(n_examples, share, len(prompts))))
+
+
+def _count(n_examples: int, share: float, pool: int) -> int:
+    """Replay examples for `n_examples` of the domain's own: round(share * n_examples), at least 1, at most `pool`;
+    0 when `share` is 0."""
+    return min(pool, max(1, round(share * n_examples))) if share > 0 else 0
 
 
 def base_answers(engine, system: str, cache_dir: Path | None = None, base_sha: str = "",
@@ -128,8 +131,7 @@ def mix_replay(examples: list[Example], pairs: list[tuple[str, str]], share: flo
     """`examples` plus round(share * len(examples)) replay examples (at most the whole pool), shuffled in."""
     if share <= 0 or not pairs:
         return list(examples)
-    n = min(len(pairs), max(1, round(share * len(examples))))
-    chosen = random.Random(seed).sample(pairs, n)
+    chosen = random.Random(seed).sample(pairs, _count(len(examples), share, len(pairs)))
     start = max((e.line for e in examples), default=0) + 1
     extra = [Example(({"role": "user", "content": p}, {"role": "assistant", "content": a}), start + i)
              for i, (p, a) in enumerate(chosen)]

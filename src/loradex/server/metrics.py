@@ -53,7 +53,7 @@ class _Live(Collector):
 
 
 class Metrics:
-    """One app's metrics: count with `requests`, `tokens`, `error()` and `latency`; `render()` for a scrape."""
+    """One app's metrics: count with `requests`, `add_tokens()`, `error()` and `latency`; `render()` for a scrape."""
 
     def __init__(self, batcher: Batcher, engine: Engine, streams: StreamSlots):
         self.registry = CollectorRegistry()
@@ -67,6 +67,11 @@ class Metrics:
         self.latency = Histogram("loradex_request_seconds", "Seconds from request to answer.", buckets=_SECONDS,
                                  registry=self.registry)
         self.registry.register(_Live(batcher, engine, streams))
+
+    def add_tokens(self, prompt: int, completion: int) -> None:
+        """Count one request's prompt tokens (once, however many choices) and its choices' completion tokens."""
+        self.tokens.labels(kind="prompt").inc(prompt)
+        self.tokens.labels(kind="completion").inc(completion)
 
     def error(self, status: int) -> None:
         """Count an error response."""

@@ -203,8 +203,7 @@ async def _complete(state: ServerState, prepared: Prepared, reply: _Reply, t0: f
     prompt_tokens = gens[0].prompt_tokens if gens else 0
     completion_tokens = sum(g.completion_tokens for g in gens)
     reasons = [g.finish_reason for g in gens] or ["stop"] * n
-    state.metrics.tokens.labels(kind="completion").inc(completion_tokens)
-    state.metrics.tokens.labels(kind="prompt").inc(prompt_tokens)
+    state.metrics.add_tokens(prompt_tokens, completion_tokens)
     state.metrics.latency.observe(time.perf_counter() - t0)
     return {"id": reply.id, "object": "chat.completion", "created": reply.created, "model": reply.model,
             "choices": [_choice(i, a, r) for i, (a, r) in enumerate(zip(answers, reasons))],
@@ -313,8 +312,7 @@ def _choice_events(state: ServerState, prepared: Prepared, reply: _Reply, i: int
         if (count := _counter(state.project.engine)) is not None:
             prompt_tokens, completion_tokens = count(r, joined(pieces))
             tokens[0], tokens[1] = prompt_tokens, tokens[1] + completion_tokens
-            state.metrics.tokens.labels(kind="completion").inc(completion_tokens)
-            state.metrics.tokens.labels(kind="prompt").inc(prompt_tokens if i == 0 else 0)
+            state.metrics.add_tokens(prompt_tokens if i == 0 else 0, completion_tokens)
     yield _chunk(reply, i, {}, "stop", answer=answer.answer, **_extras(prepared, answer))
 
 

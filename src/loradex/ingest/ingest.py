@@ -161,7 +161,7 @@ def _stored_vectors(store: Store, doc_ids: Sequence[str], wanted: set[str]) -> d
     out: dict = {}
     for doc_id in doc_ids:
         chunks, vectors = store.export(doc_id)
-        out.update((c.search_text(), v) for c, v in zip(chunks, vectors) if c.search_text() in wanted)
+        out.update((t, v) for t, v in zip((c.search_text() for c in chunks), vectors) if t in wanted)
     return out
 
 
